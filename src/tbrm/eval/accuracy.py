@@ -1,0 +1,62 @@
+"""Accuracy of a model on prompt records: greedy, sampled (mean@k) and pass@k."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from math import comb
+
+import torch
+
+from tbrm.rollout.hf import generate_rollouts
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct (Chen et al., 2021, Eq. 1):
+    1 - C(n - c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k}).")
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model,
+    tokenizer,
+    records: list[dict],
+    reward_fn: Callable[[list[str], list[str]], list[float]],
+    *,
+    n_samples: int = 0,
+    k: tuple[int, ...] = (),
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 48,
+    batch_size: int = 250,
+) -> dict[str, float]:
+    """Greedy accuracy and, with ``n_samples`` > 0, mean accuracy of sampled completions and
+    pass@k for each ``k`` <= ``n_samples``. Returns ``{"accuracy", "accuracy_sampled", "pass@k"}``."""
+    greedy, sampled, per_prompt = [], [], []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        prompts, answers = [r["prompt"] for r in chunk], [r["answer"] for r in chunk]
+        out = generate_rollouts(model, tokenizer, prompts, answers, greedy=True, max_new_tokens=max_new_tokens)
+        greedy += reward_fn(out.completions, out.answers)
+        if n_samples:
+            out = generate_rollouts(
+                model,
+                tokenizer,
+                prompts,
+                answers,
+                n=n_samples,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+            )
+            rewards = reward_fn(out.completions, out.answers)
+            sampled += rewards
+            per_prompt += [sum(r > 0 for r in rewards[i : i + n_samples]) for i in range(0, len(rewards), n_samples)]
+    metrics = {"accuracy": sum(greedy) / max(len(greedy), 1)}
+    if n_samples:
+        metrics["accuracy_sampled"] = sum(sampled) / len(sampled)
+        for kk in k:
+            metrics[f"pass@{kk}"] = sum(pass_at_k(n_samples, c, kk) for c in per_prompt) / len(per_prompt)
+    return metrics

@@ -1,0 +1,161 @@
+"""Rollouts with Hugging Face ``generate`` (KV cache on), and the one forward pass of an update.
+
+``generate_rollouts`` samples ``n`` completions per prompt and returns the token ids, masks and
+the behaviour log-probs (log-probabilities of the sampled tokens under the distribution actually
+sampled from, i.e. after temperature and top-p). ``completion_logprobs`` runs one forward pass
+over prompt + completion and returns both the per-token log-probs and the initial value
+V(s_1) = logsumexp of the raw logits at the last prompt position, which is all TBRM needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class RolloutBatch:
+    """A batch of sampled completions (``batch = len(prompts) * n``), all tensors on one device.
+
+    Attributes:
+        prompt_ids: left-padded prompt tokens, (batch, prompt_len).
+        prompt_mask: 1 on real prompt tokens, (batch, prompt_len).
+        completion_ids: right-padded completion tokens, EOS included when generated,
+            (batch, response_len).
+        completion_mask: 1 on completion tokens up to and including the first EOS,
+            (batch, response_len).
+        behavior_log_probs: log-probs of the sampled tokens under the sampling distribution,
+            (batch, response_len), 0 on padding.
+        prompts, answers, completions: the texts, one entry per row.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    behavior_log_probs: torch.Tensor
+    prompts: list[str]
+    answers: list[str]
+    completions: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def select(self, index: slice) -> RolloutBatch:
+        """Rows ``index`` of the batch (a micro-batch), padding columns trimmed."""
+        mask = self.completion_mask[index]
+        keep = int(mask.sum(1).max().item()) if mask.numel() else 0
+        pmask = self.prompt_mask[index]
+        drop = pmask.shape[1] - int(pmask.sum(1).max().item()) if pmask.numel() else 0
+        return RolloutBatch(
+            prompt_ids=self.prompt_ids[index, drop:],
+            prompt_mask=pmask[:, drop:],
+            completion_ids=self.completion_ids[index, : max(keep, 1)],
+            completion_mask=mask[:, : max(keep, 1)],
+            behavior_log_probs=self.behavior_log_probs[index, : max(keep, 1)],
+            prompts=self.prompts[index],
+            answers=self.answers[index],
+            completions=self.completions[index],
+        )
+
+
+def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS of each row, 0 after it (all 1 if no EOS)."""
+    is_eos = completion_ids == eos_token_id
+    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
+    return (~after_eos).long()
+
+
+@torch.no_grad()
+def generate_rollouts(
+    model,
+    tokenizer,
+    prompts: list[str],
+    answers: list[str],
+    *,
+    n: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 48,
+    greedy: bool = False,
+) -> RolloutBatch:
+    """Sample ``n`` completions per prompt from ``model`` with HF ``generate``.
+
+    Rows are grouped by prompt: rows ``i*n .. i*n+n-1`` belong to ``prompts[i]``.
+    """
+    device = next(model.parameters()).device
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+    was_training = model.training
+    model.eval()
+    out = model.generate(
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        do_sample=not greedy,
+        temperature=temperature if not greedy else None,
+        top_p=top_p if not greedy else None,
+        top_k=None,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=n,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        use_cache=True,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    model.train(was_training)
+    prompt_len = enc["input_ids"].shape[1]
+    completion_ids = out.sequences[:, prompt_len:]
+    mask = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
+    # out.scores are the processed logits (after temperature / top-p) each token was sampled from;
+    # normalise one step at a time so no (batch, len, vocab) float32 tensor is materialised.
+    behavior = torch.stack(
+        [
+            torch.log_softmax(s.float(), -1).gather(1, completion_ids[:, t : t + 1]).squeeze(1)
+            for t, s in enumerate(out.scores)
+        ],
+        dim=1,
+    )
+    behavior = torch.nan_to_num(behavior, neginf=0.0) * mask
+    completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return RolloutBatch(
+        prompt_ids=enc["input_ids"].repeat_interleave(n, 0),
+        prompt_mask=enc["attention_mask"].repeat_interleave(n, 0),
+        completion_ids=completion_ids,
+        completion_mask=mask,
+        behavior_log_probs=behavior,
+        prompts=[p for p in prompts for _ in range(n)],
+        answers=[a for a in answers for _ in range(n)],
+        completions=texts,
+    )
+
+
+def completion_logprobs(
+    model, batch: RolloutBatch, *, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One forward pass over prompt + completion.
+
+    Returns ``(log_probs, initial_value, entropy)``: log pi(a_h | s_h) of the completion tokens
+    (batch, response_len); V(s_1) = logsumexp of the raw logits at the last prompt position
+    (batch,); and, when asked, the per-token entropy (batch, response_len), detached. Log-probs
+    are a gather minus a logsumexp, so no full-vocabulary log-softmax is kept for backward.
+    Position ids follow the attention mask, as in ``generate``, so left padding changes nothing.
+    """
+    input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], 1)
+    attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], 1)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    prompt_len, response_len = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+    logits = (
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        .logits[:, prompt_len - 1 : prompt_len - 1 + response_len]
+        .float()
+    )
+    lse = torch.logsumexp(logits, -1)
+    log_probs = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1) - lse
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            probs = torch.softmax(logits, -1)
+            entropy = lse - (probs * logits).sum(-1)
+    return log_probs * batch.completion_mask, lse[:, 0], entropy

@@ -1,0 +1,61 @@
+"""Small run utilities: memory, loggers, the run summary."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+
+def peak_mem_gb(device: torch.device | str = "cpu") -> float:
+    """Peak memory in GB: torch's max allocated on a CUDA device, the process's max RSS on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (1e9 if sys.platform == "darwin" else 1e6)
+
+
+def write_summary(path: str | Path, *, initial: dict, final: dict, steps: int, wall_time_s: float, **extra) -> dict:
+    """Write ``summary.json``: validation metrics before and after training, steps, time, memory."""
+    keys = ("val/accuracy", "val/accuracy_sampled")
+    summary = {
+        "initial": {k: float(initial[k]) for k in keys if k in initial},
+        "final": {k: float(final[k]) for k in keys if k in final},
+        "steps": int(steps),
+        "wall_time_s": float(wall_time_s),
+        "peak_mem_gb": peak_mem_gb("cuda" if torch.cuda.is_available() else "cpu"),
+        **extra,
+    }
+    Path(path).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def build_loggers(logger_cfg, *, tags: list[str], group: str | None, config: dict) -> list:
+    """Instantiate the configured Lightning loggers and give each the full resolved config.
+
+    W&B runs get the algorithm (and any user tags) as tags and the sweep as their group.
+    """
+    from hydra.utils import instantiate
+
+    loggers = []
+    for cfg in (logger_cfg or {}).values():
+        extra = {"tags": tags, "group": group} if "wandb" in str(cfg.get("_target_", "")).lower() else {}
+        logger = instantiate(cfg, **extra)
+        logger.log_hyperparams(config)
+        loggers.append(logger)
+    return loggers
+
+
+def finish_loggers(loggers: list) -> None:
+    """Close W&B runs so the next job of a multirun starts a run of its own."""
+    for logger in loggers:
+        logger.finalize("success")
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny random-init model saved with save_pretrained, repository paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer random-init Llama and its character tokenizer, written with save_pretrained."""
+    from tbrm.data.arithmetic import ArithmeticTask
+    from tbrm.models.tiny import build_char_tokenizer, build_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny_model")
+    tokenizer = build_char_tokenizer(ArithmeticTask().alphabet())
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _offline_wandb(monkeypatch, tmp_path):
+    """Never reach a W&B server from tests; keep wandb's own files inside the test's tmp dir."""
+    monkeypatch.setenv("WANDB_MODE", os.environ.get("TBRM_TEST_WANDB_MODE", "offline"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_SILENT", "true")

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from tbrm.models.loading import load_model_and_tokenizer
+from tbrm.rollout import completion_logprobs, completion_mask_from_ids, generate_rollouts
+
+PROMPTS = ["1*2=", "13*24=", "5+6=", "98*76="]  # different lengths: left padding is exercised
+ANSWERS = ["2", "312", "11", "7448"]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model_dir):
+    return load_model_and_tokenizer(str(tiny_model_dir))
+
+
+def test_completion_mask_stops_after_first_eos():
+    ids = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 0, 0, 0]])
+    assert completion_mask_from_ids(ids, eos_token_id=2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_rollouts_shapes_grouping_and_padding(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    torch.manual_seed(0)
+    out = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, n=3, max_new_tokens=10)
+    assert len(out) == 12 and out.completion_ids.shape[1] <= 10
+    assert out.prompts[:3] == ["1*2="] * 3 and out.answers[-1] == "7448"
+    assert torch.equal(out.prompt_ids[0], out.prompt_ids[2])
+    assert out.completion_mask.shape == out.completion_ids.shape == out.behavior_log_probs.shape
+    padded = out.completion_mask == 0
+    assert torch.all(out.completion_ids[padded] == tokenizer.pad_token_id)
+    assert torch.all(out.behavior_log_probs[padded] == 0)
+    assert torch.all(out.behavior_log_probs[~padded] <= 0)
+    assert len(out.completions) == 12
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_behavior_log_probs_match_a_forward_pass(model_and_tokenizer, temperature):
+    """generate's processed scores and our forward (with position ids from the mask) agree."""
+    model, tokenizer = model_and_tokenizer
+    torch.manual_seed(1)
+    out = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, n=2, temperature=temperature, max_new_tokens=12)
+    if temperature == 1.0:
+        log_probs, value, _ = completion_logprobs(model, out)
+    else:  # recompute the tempered distribution from the raw logits
+        ids = torch.cat([out.prompt_ids, out.completion_ids], 1)
+        mask = torch.cat([out.prompt_mask, out.completion_mask], 1)
+        logits = model(ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
+        p = out.prompt_ids.shape[1]
+        logits = logits[:, p - 1 : p - 1 + out.completion_ids.shape[1]] / temperature
+        log_probs = torch.log_softmax(logits, -1).gather(-1, out.completion_ids[..., None])[..., 0]
+        log_probs = log_probs * out.completion_mask
+    torch.testing.assert_close(log_probs, out.behavior_log_probs, atol=2e-4, rtol=1e-4)
+
+
+def test_initial_value_is_logsumexp_at_last_prompt_position(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    out = generate_rollouts(model, tokenizer, PROMPTS[:1], ANSWERS[:1], greedy=True, max_new_tokens=5)
+    _, value, entropy = completion_logprobs(model, out, with_entropy=True)
+    logits = model(torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])).logits[0, -1]
+    assert value.item() == pytest.approx(torch.logsumexp(logits, -1).item(), rel=1e-5)
+    probs = torch.softmax(logits, -1)
+    assert entropy[0, 0].item() == pytest.approx(-(probs * probs.log()).sum().item(), rel=1e-4)
+
+
+def test_log_probs_do_not_depend_on_batch_padding(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    torch.manual_seed(2)
+    out = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, max_new_tokens=12)
+    full, value_full, _ = completion_logprobs(model, out)
+    for i in range(len(out)):
+        row = out.select(slice(i, i + 1))
+        assert row.prompt_mask.all()  # select trims the left padding of a lone row
+        alone, value_alone, _ = completion_logprobs(model, row)
+        width = alone.shape[1]
+        torch.testing.assert_close(alone[0], full[i, :width], atol=1e-4, rtol=1e-4)
+        assert torch.all(full[i, width:] == 0)
+        assert value_alone.item() == pytest.approx(value_full[i].item(), rel=1e-4)
+
+
+def test_greedy_is_deterministic(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    a = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, greedy=True, max_new_tokens=8)
+    b = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, greedy=True, max_new_tokens=8)
+    assert a.completions == b.completions

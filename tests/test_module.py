@@ -1,0 +1,120 @@
+"""The LightningModule on a tiny random model: one step updates the policy, never the reference."""
+
+import lightning as L
+import pytest
+import torch
+
+from tbrm.data.arithmetic import ArithmeticTask
+from tbrm.data.datamodule import PromptDataModule
+from tbrm.module import RLModule, warmup_cosine
+from tbrm.objectives import TBRM
+from tbrm.rewards import exact_number_reward
+
+ROLLOUT = {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8}
+OPTIM = {"lr": 1e-2, "betas": [0.9, 0.95], "weight_decay": 0.0, "warmup_steps": 1, "grad_clip": 1.0}
+
+
+class Recorder(L.Callback):
+    def __init__(self):
+        self.metrics = []
+
+    def on_train_batch_end(self, trainer, *args):
+        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+
+def fit(module, steps=2, **trainer_kwargs):
+    datamodule = PromptDataModule(ArithmeticTask(b_digits=1, num_val=8, num_test=8), batch_size=4, val_batch_size=8)
+    recorder = Recorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[recorder],
+        **trainer_kwargs,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return trainer, recorder.metrics
+
+
+def make(tiny_model_dir, reward=exact_number_reward, micro_batch_size=None):
+    return RLModule(
+        str(tiny_model_dir), TBRM(beta=0.5), reward, rollout=ROLLOUT, optimizer=OPTIM, micro_batch_size=micro_batch_size
+    )
+
+
+def alternating_reward(completions, answers):
+    """Half the completions rewarded: a random policy gets no exact answers, and with
+    policy == reference and r = 0 everywhere the centered residual (and its gradient) is 0."""
+    return [float(i % 2) for i in range(len(completions))]
+
+
+def test_training_step_updates_policy_not_reference(tiny_model_dir):
+    torch.manual_seed(0)
+    module = make(tiny_model_dir, reward=alternating_reward)
+    before = {k: v.clone() for k, v in module.policy.state_dict().items()}
+    ref_before = {k: v.clone() for k, v in module.ref_model.state_dict().items()}
+    trainer, metrics = fit(module)
+    assert trainer.global_step == 2
+    assert any(not torch.equal(before[k], v) for k, v in module.policy.state_dict().items())
+    assert all(torch.equal(ref_before[k], v) for k, v in module.ref_model.state_dict().items())
+    assert not any(k.startswith("ref") for k in module.state_dict())  # out of checkpoints
+    expected = {
+        "train/loss",
+        "train/reward_mean",
+        "train/accuracy",
+        "train/kl_ref",
+        "train/entropy",
+        "train/response_length",
+        "perf/rollout_s",
+        "perf/ref_s",
+        "perf/update_s",
+        "perf/tokens_per_s",
+        "perf/peak_mem_gb",
+        "tbrm/residual_abs_mean",
+        "tbrm/initial_value_mean",
+        "tbrm/implied_reward_mean",
+    }
+    assert expected <= set(metrics[-1])
+    assert metrics[-1]["train/completions"] == 2 * 4 * 2
+    assert metrics[0]["train/kl_ref"] == pytest.approx(0.0, abs=1e-5)  # policy == reference at step 1
+
+
+def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model_dir):
+    grads = []
+    for micro in (None, 3):
+        torch.manual_seed(0)
+        module = make(tiny_model_dir, reward=alternating_reward, micro_batch_size=micro)
+        captured = {}
+        module.on_before_optimizer_step = lambda opt, captured=captured, m=module: captured.update(
+            {n: p.grad.clone() for n, p in m.policy.named_parameters() if p.grad is not None}
+        )
+        fit(module, steps=1)
+        grads.append(captured)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert any(g.abs().sum() > 0 for g in grads[0].values())
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
+
+
+def test_a_reward_function_that_raises_is_named(tiny_model_dir):
+    def broken_verifier(completions, answers):
+        raise KeyError("boom")
+
+    with pytest.raises(RuntimeError, match="broken_verifier.*KeyError.*never raise"):
+        fit(make(tiny_model_dir, reward=broken_verifier), steps=1)
+
+
+def test_a_reward_function_with_the_wrong_length_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="returned 1 rewards for 8 completions"):
+        fit(make(tiny_model_dir, reward=lambda c, a: [0.0]), steps=1)
+
+
+def test_warmup_cosine_schedule():
+    lam = warmup_cosine(warmup_steps=2, total_steps=10, min_ratio=0.1)
+    assert lam(0) == 0.5 and lam(1) == 1.0 and lam(2) == 1.0
+    assert lam(6) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lam(10) == pytest.approx(0.1) and lam(50) == pytest.approx(0.1)

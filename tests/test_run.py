@@ -1,0 +1,138 @@
+"""End-to-end runs of the real run.py (Hydra, Lightning, W&B offline, CSV) with a tiny budget."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tbrm.wandb_offline import read_offline_run
+
+pytestmark = pytest.mark.slow
+
+# a small model and task keep each run to seconds; everything else is the default config
+TINY = [
+    "experiment=smoke",
+    "model.architecture.hidden_size=64",
+    "model.architecture.num_layers=2",
+    "model.architecture.intermediate_size=128",
+    "model.warm_start.steps=20",
+]
+
+
+def run(repo_root: Path, tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    flags = [o for o in overrides if o.startswith("-")]
+    overrides = [o for o in overrides if not o.startswith("-")]
+    paths = [f"paths.log_dir={tmp}/logs", f"paths.cache_dir={tmp}/cache"]
+    cmd = [sys.executable, "run.py", *flags, *paths, *TINY, *overrides]
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def only(paths):
+    paths = list(paths)
+    assert len(paths) == 1, paths
+    return paths[0]
+
+
+@pytest.fixture(scope="module")
+def first_run(repo_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    run(repo_root, tmp, "seed=3", "algorithm.beta=0.2")
+    return tmp, only((tmp / "logs/train/runs").iterdir())
+
+
+def test_summary_json(first_run):
+    _, out = first_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["wall_time_s"] > 0 and summary["peak_mem_gb"] > 0
+    for when in ("initial", "final"):
+        assert set(summary[when]) == {"val/accuracy", "val/accuracy_sampled"}
+        assert all(0.0 <= v <= 1.0 for v in summary[when].values())
+    assert summary["algorithm"] == "tbrm" and summary["seed"] == 3
+    assert (out / "policy/config.json").exists() and (out / "policy/tokenizer.json").exists()
+
+
+def test_csv_metrics_and_resolved_config(first_run):
+    _, out = first_run
+    rows = list(csv.DictReader((out / "csv/metrics.csv").open()))
+    train = [r for r in rows if r.get("train/loss")]
+    val = [r for r in rows if r.get("val/accuracy")]
+    assert [int(r["step"]) for r in train] == [0, 1, 2, 3]
+    assert len(val) == 3  # before training, after step 2, after step 4
+    for key in ("train/kl_ref", "train/entropy", "tbrm/residual_abs_mean", "perf/rollout_s", "perf/tokens_per_s"):
+        assert all(r[key] != "" for r in train), key
+    hparams = yaml.safe_load((out / "csv/hparams.yaml").read_text())
+    assert hparams["algorithm"]["beta"] == 0.2 and hparams["seed"] == 3
+    assert hparams["paths"]["output_dir"] == str(out)  # resolved, not an interpolation
+
+
+def test_wandb_offline_run_written_by_wandb(first_run):
+    _, out = first_run
+    run_dir = only((out / "wandb").glob("offline-run-*"))
+    wb = read_offline_run(run_dir)
+    assert wb["config"]["algorithm"] == {"_target_": "tbrm.objectives.TBRM", "beta": 0.2, "initial_value": "centered"}
+    assert wb["config"]["trainer"]["max_steps"] == 4 and wb["config"]["seed"] == 3
+    assert wb["tags"] == ["tbrm"] and wb["group"] == ""  # a single run has no sweep group
+    train = [row for row in wb["history"] if "train/loss" in row]
+    assert [row["trainer/global_step"] for row in train] == [0, 1, 2, 3]
+    assert len([row for row in wb["history"] if "val/accuracy" in row]) == 3
+    assert {"val/accuracy_sampled", "train/loss", "tbrm/residual_abs_mean"} <= set(wb["summary"])
+
+
+def test_second_run_reuses_warm_start_and_resumes_from_checkpoint(first_run, repo_root):
+    tmp, out = first_run
+    last = out / "checkpoints/last.ckpt"
+    assert last.exists()
+    proc = run(repo_root, tmp, "seed=3", "algorithm.beta=0.2", "trainer.max_steps=6", f"ckpt_path={last}")
+    assert "warm start (SFT)" not in proc.stderr  # cached: no second SFT
+    resumed = max((tmp / "logs/train/runs").iterdir())
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["steps"] == 6
+    rows = list(csv.DictReader((resumed / "csv/metrics.csv").open()))
+    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [4, 5]
+
+
+def test_task_sft_only_builds_the_warm_start(first_run, repo_root):
+    tmp, _ = first_run
+    proc = run(repo_root, tmp, "task=sft")
+    assert "warm start report" in proc.stdout + proc.stderr
+    assert not (tmp / "logs/sft/runs").exists() or not list((tmp / "logs/sft/runs").glob("*/summary.json"))
+
+
+def test_multirun_groups_jobs_in_wandb(first_run, repo_root):
+    tmp, _ = first_run
+    run(repo_root, tmp, "-m", "seed=0,1", "trainer.max_steps=1", "trainer.val_check_interval=1")
+    sweep = only((tmp / "logs/train/multiruns").iterdir())
+    ids = set()
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "summary.json").read_text())["seed"] == int(job)
+        wb = read_offline_run(only((sweep / job / "wandb").glob("offline-run-*")))
+        assert wb["group"] == sweep.name and wb["tags"] == ["tbrm"] and wb["config"]["seed"] == int(job)
+        ids.add(wb["id"])
+    assert len(ids) == 2  # one W&B run per job
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("algorithm=nope", "Could not find 'algorithm/nope'"),
+        ("algorithm.beta=-1", "algorithm.beta must be a number > 0"),
+        ("algorithm.initial_value=mean", "algorithm.initial_value must be one of"),
+        ("data.task.op=div", "data.task.op must be one of"),
+        ("model.name_or_path=/no/such/model", "does not exist"),
+    ],
+)
+def test_bad_overrides_fail_with_a_clear_message(repo_root, tmp_path, override, message):
+    proc = run(repo_root, tmp_path, override, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
