@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from tbrm.data.arithmetic import ArithmeticTask
 from tbrm.models import resolve_policy
@@ -14,7 +15,9 @@ TASK_CFG = {"op": "mul", "a_digits": 2, "b_digits": 1, "num_val": 20, "num_test"
 
 def test_warm_start_is_cached_and_reused(tmp_path, monkeypatch):
     task = ArithmeticTask(**TASK_CFG)
+    rng = torch.get_rng_state()
     path = ws.prepare_warm_start(task, TASK_CFG, ARCH, {**SFT, "eval_size": 10, "eval_samples": 2}, tmp_path)
+    assert torch.equal(rng, torch.get_rng_state())  # a fresh warm start leaves the run's RNG alone
     report = json.loads((path / "warm_start.json").read_text())
     assert report["sft"]["steps"] == 3 and 0.0 <= report["eval"]["accuracy"] <= 1.0
     assert {"accuracy_sampled", "pass@1", "num_problems"} <= set(report["eval"])

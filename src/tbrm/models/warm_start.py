@@ -75,12 +75,15 @@ def supervised_finetune(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(steps - warmup_steps, 1)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    data = sft_batch(tokenizer, records)  # tokenised once; each batch drops its padding columns
+    lengths = data["attention_mask"].sum(1)
     model.train()
     losses = []
     bar = tqdm(range(steps), desc="warm start (SFT)", unit="step", mininterval=1.0)
     for _ in bar:
-        idx = torch.randint(len(records), (batch_size,), generator=gen).tolist()
-        loss = model(**sft_batch(tokenizer, [records[i] for i in idx])).loss
+        idx = torch.randint(len(records), (batch_size,), generator=gen)
+        width = int(lengths[idx].max())
+        loss = model(**{k: v[idx, :width] for k, v in data.items()}).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -107,22 +110,23 @@ def prepare_warm_start(task, task_cfg: dict, architecture: dict, sft: dict, cach
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    tokenizer = build_char_tokenizer(task.alphabet())
-    model = build_tiny_model(tokenizer, seed=sft.get("seed", 0), **architecture)
-    losses = supervised_finetune(model, tokenizer, task.splits()["train"], **sft)
-    report = {"task": task_cfg, "architecture": architecture, "sft": sft, "final_loss": losses[-1]}
-    report["sft_s"] = time.time() - start
-    if eval_size:
-        records = task.splits()["validation"][:eval_size]
-        report["eval"] = evaluate_accuracy(
-            model,
-            tokenizer,
-            records,
-            exact_number_reward,
-            n_samples=eval_samples,
-            k=tuple(k for k in (1, 4, 8) if k <= eval_samples),
-        )
-        report["eval"]["num_problems"] = len(records)
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is the same cached or not
+        tokenizer = build_char_tokenizer(task.alphabet())
+        model = build_tiny_model(tokenizer, seed=sft.get("seed", 0), **architecture)
+        losses = supervised_finetune(model, tokenizer, task.splits()["train"], **sft)
+        report = {"task": task_cfg, "architecture": architecture, "sft": sft, "final_loss": losses[-1]}
+        report["sft_s"] = time.time() - start
+        if eval_size:
+            records = task.splits()["validation"][:eval_size]
+            report["eval"] = evaluate_accuracy(
+                model,
+                tokenizer,
+                records,
+                exact_number_reward,
+                n_samples=eval_samples,
+                k=tuple(k for k in (1, 4, 8) if k <= eval_samples),
+            )
+            report["eval"]["num_problems"] = len(records)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
         model.save_pretrained(tmp)
