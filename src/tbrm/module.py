@@ -8,7 +8,6 @@ on the algorithm's name. Validation generates greedy and sampled completions on 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -18,19 +17,7 @@ import torch
 from tbrm.models.loading import load_model_and_tokenizer
 from tbrm.objectives.common import masked_mean, sequence_kl
 from tbrm.rollout.hf import RolloutBatch, completion_logprobs, generate_rollouts
-from tbrm.utils import peak_mem_gb
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
-    """Learning-rate multiplier: linear warm-up, then cosine decay to ``min_ratio``."""
-
-    def schedule(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return schedule
+from tbrm.utils import peak_mem_gb, warmup_cosine
 
 
 class RLModule(L.LightningModule):

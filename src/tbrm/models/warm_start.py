@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from tbrm.eval.accuracy import evaluate_accuracy
 from tbrm.models.tiny import build_char_tokenizer, build_tiny_model
 from tbrm.rewards.exact import exact_number_reward
+from tbrm.utils import warmup_cosine
 
 FORMAT_VERSION = 1
 
@@ -69,12 +69,7 @@ def supervised_finetune(
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
 
-    def schedule(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(steps - warmup_steps, 1)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup_steps, steps))
     data = sft_batch(tokenizer, records)  # tokenised once; each batch drops its padding columns
     lengths = data["attention_mask"].sum(1)
     model.train()
