@@ -38,7 +38,7 @@ def test_every_option_of_every_group_composes_and_instantiates(tmp_path, group):
     for option in options(group):
         cfg = compose_cfg(tmp_path, [f"{group}={option}"])
         objective = instantiate(cfg.algorithm)
-        assert objective.beta > 0
+        assert objective.beta >= 0 and objective.name in ("tbrm", "grpo", "ppo")
         datamodule = instantiate(cfg.data)
         assert datamodule.batch_size >= 1
         reward = instantiate(cfg.reward)
@@ -67,18 +67,37 @@ def test_gpu_trainer_config_asks_for_bf16(tmp_path):
     assert cfg.trainer.max_steps == compose_cfg(tmp_path).trainer.max_steps  # inherits the rest
 
 
+def test_algorithm_groups_set_a_fair_budget(tmp_path):
+    """Every algorithm sees 64 completions per step by default; GRPO as 16 groups of 4."""
+    for name, n in (("tbrm", 1), ("grpo", 4), ("ppo", 1)):
+        cfg = compose_cfg(tmp_path, [f"algorithm={name}"])
+        assert cfg.rollout.n == n and cfg.data.batch_size * n == 64
+        objective = instantiate(cfg.algorithm)
+        assert getattr(objective, "group_size", n) == n
+    cfg = compose_cfg(tmp_path, ["algorithm=grpo", "rollout.n=8", "algorithm.loss_agg_mode=seq-mean-token-sum-norm"])
+    objective = instantiate(cfg.algorithm)
+    assert objective.group_size == 8 and objective.norm_length == cfg.rollout.max_new_tokens
+
+
 @pytest.mark.parametrize(
-    "override,match",
+    "overrides,match",
     [
-        ("algorithm.beta=-0.5", "algorithm.beta"),
-        ("algorithm.beta=0", "algorithm.beta"),
-        ("algorithm.initial_value=mean", "initial_value"),
-        ("data.batch_size=0", "batch_size"),
-        ("data.task.op=pow", "data.task.op"),
+        (["algorithm.beta=-0.5"], "algorithm.beta"),
+        (["algorithm.beta=0"], "algorithm.beta"),
+        (["algorithm.initial_value=mean"], "initial_value"),
+        (["data.batch_size=0"], "batch_size"),
+        (["data.task.op=pow"], "data.task.op"),
+        (["algorithm=grpo", "rollout.n=1"], "at least 2 completions per prompt"),
+        (["algorithm=grpo", "algorithm.loss_agg_mode=sum"], "loss_agg_mode must be one of"),
+        (["algorithm=grpo", "algorithm.epsilon=0"], "algorithm.epsilon must be a number > 0"),
+        (["algorithm=grpo", "algorithm.beta=-0.1"], "algorithm.beta must be a number >= 0"),
+        (["algorithm=ppo", "algorithm.epsilon=-1"], "algorithm.epsilon must be a number > 0"),
+        (["algorithm=ppo", "algorithm.beta=-0.1"], "algorithm.beta must be a number >= 0"),
+        (["algorithm=ppo", "algorithm.loss_agg_mode=mean"], "loss_agg_mode must be one of"),
     ],
 )
-def test_invalid_values_fail_at_instantiation(tmp_path, override, match):
-    cfg = compose_cfg(tmp_path, [override])
+def test_invalid_values_fail_at_instantiation(tmp_path, overrides, match):
+    cfg = compose_cfg(tmp_path, overrides)
     with pytest.raises(Exception, match=match):
         instantiate(cfg.algorithm)
         instantiate(cfg.data)

@@ -1,4 +1,5 @@
-"""The LightningModule on a tiny random model: one step updates the policy, never the reference."""
+"""The LightningModule on a tiny random model, for every objective: steps update the policy (and
+the critic), never the reference; micro-batches accumulate to the full-batch gradient."""
 
 import lightning as L
 import pytest
@@ -7,7 +8,7 @@ import torch
 from tbrm.data.arithmetic import ArithmeticTask
 from tbrm.data.datamodule import PromptDataModule
 from tbrm.module import RLModule, warmup_cosine
-from tbrm.objectives import TBRM
+from tbrm.objectives import GRPO, PPO, TBRM
 from tbrm.rewards import exact_number_reward
 
 ROLLOUT = {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8}
@@ -40,9 +41,14 @@ def fit(module, steps=2, **trainer_kwargs):
     return trainer, recorder.metrics
 
 
-def make(tiny_model_dir, reward=exact_number_reward, micro_batch_size=None):
+def make(tiny_model_dir, reward=exact_number_reward, micro_batch_size=None, objective=None):
     return RLModule(
-        str(tiny_model_dir), TBRM(beta=0.5), reward, rollout=ROLLOUT, optimizer=OPTIM, micro_batch_size=micro_batch_size
+        str(tiny_model_dir),
+        objective or TBRM(beta=0.5),
+        reward,
+        rollout=ROLLOUT,
+        optimizer=OPTIM,
+        micro_batch_size=micro_batch_size,
     )
 
 
@@ -83,11 +89,25 @@ def test_training_step_updates_policy_not_reference(tiny_model_dir):
     assert metrics[0]["train/kl_ref"] == pytest.approx(0.0, abs=1e-5)  # policy == reference at step 1
 
 
-def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model_dir):
+def random_reward(completions, answers):
+    return [float(hash(c) % 2) for c in completions]
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        lambda: TBRM(beta=0.5),
+        lambda: GRPO(group_size=2, beta=0.1, loss_agg_mode="token-mean"),
+        lambda: GRPO(group_size=2, beta=0.0, loss_agg_mode="seq-mean-token-mean"),
+        lambda: PPO(beta=0.1),
+    ],
+    ids=["tbrm", "grpo-token-mean", "grpo-seq-mean", "ppo"],
+)
+def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model_dir, objective):
     grads = []
     for micro in (None, 3):
         torch.manual_seed(0)
-        module = make(tiny_model_dir, reward=alternating_reward, micro_batch_size=micro)
+        module = make(tiny_model_dir, reward=alternating_reward, micro_batch_size=micro, objective=objective())
         captured = {}
         module.on_before_optimizer_step = lambda opt, captured=captured, m=module: captured.update(
             {n: p.grad.clone() for n, p in m.policy.named_parameters() if p.grad is not None}
@@ -98,6 +118,50 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model_dir):
     assert any(g.abs().sum() > 0 for g in grads[0].values())
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
+
+
+def test_grpo_steps_with_several_updates_count_one_global_step_each(tiny_model_dir):
+    torch.manual_seed(0)
+    module = make(tiny_model_dir, reward=random_reward, objective=GRPO(group_size=2, beta=0.0, num_iterations=2))
+    assert module.ref_model is None  # beta = 0 loads no reference model
+    calls = []
+    opt_step = torch.optim.AdamW.step
+    module.configure_optimizers = _counting(module.configure_optimizers, calls, opt_step)
+    trainer, metrics = fit(module, steps=2)
+    assert trainer.global_step == 2 and len(calls) == 4  # 2 RL steps x 2 iterations
+    assert {"grpo/clip_frac", "grpo/ratio_mean", "grpo/frac_zero_std", "train/loss"} <= set(metrics[-1])
+    assert "train/kl_ref" not in metrics[-1]
+
+
+def _counting(configure, calls, opt_step):
+    """Wrap configure_optimizers so every AdamW.step call on the module's optimizers is recorded."""
+
+    def wrapped():
+        out = configure()
+        opts = [out["optimizer"]] if isinstance(out, dict) else out[0]
+        for opt in opts:
+            opt.step = lambda *a, _opt=opt, **k: (calls.append(_opt), opt_step(_opt, *a, **k))[1]
+        return out
+
+    return wrapped
+
+
+def test_ppo_trains_policy_and_critic_and_checkpoints_the_critic(tiny_model_dir):
+    torch.manual_seed(0)
+    module = make(tiny_model_dir, reward=random_reward, objective=PPO(beta=0.1, ppo_epochs=2, num_minibatches=2))
+    critic_before = {k: v.clone() for k, v in module.critic.state_dict().items()}
+    policy_before = {k: v.clone() for k, v in module.policy.state_dict().items()}
+    trainer, metrics = fit(module, steps=2)
+    assert trainer.global_step == 2  # 2 RL steps, although each made 4 policy and 4 critic steps
+    assert any(not torch.equal(critic_before[k], v) for k, v in module.critic.state_dict().items())
+    assert any(not torch.equal(policy_before[k], v) for k, v in module.policy.state_dict().items())
+    assert any(k.startswith("critic.") for k in module.state_dict())
+    assert not any(k.startswith("ref") for k in module.state_dict())
+    expected = {"ppo/value_loss", "ppo/pg_loss", "ppo/clip_frac", "train/critic_grad_norm", "train/kl_ref"}
+    assert expected <= set(metrics[-1])
+    assert metrics[-1]["train/tokens"] > metrics[0]["train/tokens"] > 0
+    assert metrics[-1]["perf/elapsed_s"] > metrics[0]["perf/elapsed_s"] > 0
+    assert metrics[0]["ppo/ratio_mean"] == pytest.approx(1.0, abs=0.05)
 
 
 def test_a_reward_function_that_raises_is_named(tiny_model_dir):

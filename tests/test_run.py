@@ -109,15 +109,19 @@ def test_task_sft_only_builds_the_warm_start(first_run, repo_root):
     assert not (tmp / "logs/sft/runs").exists() or not list((tmp / "logs/sft/runs").glob("*/summary.json"))
 
 
-def test_multirun_groups_jobs_in_wandb(first_run, repo_root):
+def test_multirun_of_the_baselines_groups_jobs_in_wandb(first_run, repo_root):
     tmp, _ = first_run
-    run(repo_root, tmp, "-m", "seed=0,1", "trainer.max_steps=1", "trainer.val_check_interval=1")
+    run(repo_root, tmp, "-m", "algorithm=grpo,ppo", "seed=1", "trainer.max_steps=2", "trainer.val_check_interval=2")
     sweep = only((tmp / "logs/train/multiruns").iterdir())
     ids = set()
-    for job in ("0", "1"):
-        assert json.loads((sweep / job / "summary.json").read_text())["seed"] == int(job)
+    for job, name, prefix, n in (("0", "grpo", "grpo/clip_frac", 4), ("1", "ppo", "ppo/value_loss", 1)):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert summary["algorithm"] == name and summary["seed"] == 1 and summary["steps"] == 2
         wb = read_offline_run(only((sweep / job / "wandb").glob("offline-run-*")))
-        assert wb["group"] == sweep.name and wb["tags"] == ["tbrm"] and wb["config"]["seed"] == int(job)
+        assert wb["group"] == sweep.name and wb["tags"] == [name] and wb["config"]["seed"] == 1
+        assert wb["config"]["algorithm"]["_target_"].endswith(name.upper())
+        assert prefix in wb["summary"] and "perf/update_s" in wb["summary"] and "train/completions" in wb["summary"]
+        assert wb["summary"]["train/completions"] == 2 * 16 * n  # smoke: 16 prompts per step, n completions each
         ids.add(wb["id"])
     assert len(ids) == 2  # one W&B run per job
 

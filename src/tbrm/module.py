@@ -1,9 +1,13 @@
-"""The LightningModule: one ``training_step`` is one RL iteration.
+"""The LightningModule: one ``training_step`` is one RL iteration, for every algorithm.
 
-prompts -> rollouts (HF generate, no grad) -> rewards -> reference log-probs (no grad) -> one
-forward pass of the policy giving log pi_theta(a_h|s_h) and V_theta(s_1) -> objective -> one
-optimizer step. The objective decides what it needs (``needs_reference``); nothing here branches
-on the algorithm's name. Validation generates greedy and sampled completions on held-out prompts.
+prompts -> rollouts (HF generate, no grad) -> rewards -> what the objective needs (reference
+log-probs, critic values; no grad) -> ``objective.prepare`` (advantages, returns) -> for each of
+``objective.epochs`` passes and ``objective.num_minibatches`` minibatches: one forward pass of the
+policy giving log pi_theta(a_h|s_h) and V_theta(s_1) (and the critic's values) per micro-batch ->
+``objective.loss`` -> accumulated gradients -> clipped optimizer step(s). TBRM takes one step per
+rollout batch; GRPO and PPO as many as they ask for. The module asks the objective what it needs
+(``needs_reference``, ``needs_critic``, ``temperature_scaled``) and never branches on its name.
+Validation generates greedy and sampled completions on held-out prompts.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
+from tbrm.models.critic import ValueModel
 from tbrm.models.loading import load_model_and_tokenizer
-from tbrm.objectives.common import masked_mean, sequence_kl
-from tbrm.rollout.hf import RolloutBatch, completion_logprobs, generate_rollouts
+from tbrm.objectives.common import aggregation_weight, masked_mean, sequence_kl
+from tbrm.rollout.hf import RolloutBatch, completion_logprobs, completion_values, generate_rollouts
 from tbrm.utils import peak_mem_gb, warmup_cosine
 
 
@@ -26,7 +31,7 @@ class RLModule(L.LightningModule):
     Args:
         policy_path: hub name or directory of the initial policy; the reference is loaded from
             the same source, so it is the initial model.
-        objective: e.g. ``tbrm.objectives.TBRM``; exposes ``name``, ``needs_reference`` and ``loss``.
+        objective: a ``tbrm.objectives.base.Objective`` (TBRM, GRPO, PPO).
         reward_fn: ``(completions, answers) -> list[float]``.
         rollout: ``n, temperature, top_p, max_new_tokens`` for training rollouts (validation
             samples at the same temperature and top-p).
@@ -56,7 +61,11 @@ class RLModule(L.LightningModule):
         self.optim_cfg = dict(optimizer)
         self.micro_batch_size = micro_batch_size
         self.completions_seen = 0
+        self.tokens_seen = 0
+        self.train_time_s = 0.0
         self.last_val_step = -1
+        # PPO's critic: a trained submodule with its own optimizer, checkpointed with the policy.
+        self.critic = ValueModel.from_pretrained(policy_path, dtype=dtype).train() if objective.needs_critic else None
         ref = None
         if objective.needs_reference:
             ref, _ = load_model_and_tokenizer(policy_path, dtype=dtype)
@@ -83,60 +92,108 @@ class RLModule(L.LightningModule):
             raise ValueError(f"reward function returned {len(rewards)} rewards for {len(rollout)} completions.")
         return torch.tensor([float(r) for r in rewards], device=self.device)
 
+    def _no_grad_pass(self, fn, rollout: RolloutBatch, micro: int) -> list:
+        """Run ``fn(micro_batch)`` under no_grad over micro-batches; pad each output back to the
+        rollout's width and concatenate (outputs: tuples of (rows,) or (rows, cols) tensors)."""
+        width = rollout.completion_ids.shape[1]
+        parts = []
+        with torch.no_grad():
+            for start in range(0, len(rollout), micro):
+                out = fn(rollout.select(slice(start, start + micro)))
+                parts.append([t if t.dim() == 1 else torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in out])
+        return [torch.cat(column) for column in zip(*parts, strict=True)]
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         t0 = time.perf_counter()
         rollout = generate_rollouts(self.policy, self.tokenizer, batch["prompt"], batch["answer"], **self.rollout_cfg)
         rewards = self.score(rollout)
         t_rollout = time.perf_counter() - t0
 
-        opt, sched = self.optimizers(), self.lr_schedulers()
-        opt.zero_grad(set_to_none=True)
+        objective = self.objective
         size = len(rollout)
         micro = self.micro_batch_size or size
-        sums: dict[str, float] = {}
-        t_ref = 0.0
+        temperature = self.rollout_cfg["temperature"] if objective.temperature_scaled else 1.0
+        exp = {"rewards": rewards, "mask": rollout.completion_mask, "behavior_log_probs": rollout.behavior_log_probs}
         t1 = time.perf_counter()
-        for start in range(0, size, micro):
-            index = slice(start, min(start + micro, size))
-            mb = rollout.select(index)
-            weight = len(mb) / size
-            tr = time.perf_counter()
-            ref_log_probs = ref_value = None
-            if self.ref_model is not None:
-                with torch.no_grad():
-                    ref_log_probs, ref_value, _ = completion_logprobs(self.ref_model, mb)
-            t_ref += time.perf_counter() - tr
-            log_probs, value, entropy = completion_logprobs(self.policy, mb, with_entropy=True)
-            loss, metrics = self.objective.loss(
-                log_probs, ref_log_probs, value, ref_value, rewards[index], mb.completion_mask
+        if self.ref_model is not None:
+            ref_out = self._no_grad_pass(
+                lambda mb: completion_logprobs(self.ref_model, mb, temperature=temperature)[:2], rollout, micro
             )
-            self.manual_backward(loss * weight)
-            metrics = {"train/loss": loss.detach(), **metrics}
-            metrics["train/entropy"] = masked_mean(entropy, mb.completion_mask)
-            if ref_log_probs is not None:
-                metrics["train/kl_ref"] = sequence_kl(log_probs.detach(), ref_log_probs, mb.completion_mask).mean()
-            for key, value_ in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float(value_) * weight
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.optim_cfg["grad_clip"])
-        opt.step()
-        sched.step()
-        t_update = time.perf_counter() - t1 - t_ref
+            exp["ref_log_probs"], exp["ref_initial_value"] = ref_out
+        t_ref = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        if self.critic is not None:
+            exp["old_values"] = self._no_grad_pass(lambda mb: (completion_values(self.critic, mb),), rollout, micro)[0]
+        sums = {key: float(value) for key, value in objective.prepare(exp).items()}
+
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        params = [list(m.parameters()) for m in (self.policy, self.critic) if m is not None]
+        clip = self.optim_cfg["grad_clip"]
+        updates = objective.epochs * objective.num_minibatches
+        done = 0
+        for _ in range(objective.epochs):
+            order = torch.randperm(size).tolist() if updates > 1 else list(range(size))
+            for rows in (order[i :: objective.num_minibatches] for i in range(objective.num_minibatches)):
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
+                whole_mask = rollout.completion_mask[rows]
+                for start in range(0, len(rows), micro):
+                    sub = rows[start : start + micro]
+                    mb = rollout.select(sub)
+                    idx = torch.tensor(sub, device=self.device)
+                    keep = mb.completion_ids.shape[1]
+                    mexp = {k: v[idx] if v.dim() == 1 else v[idx, :keep] for k, v in exp.items()}
+                    mexp["log_probs"], mexp["initial_value"], mexp["entropy"] = completion_logprobs(
+                        self.policy,
+                        mb,
+                        with_entropy=True,
+                        entropy_grad=objective.needs_entropy_grad,
+                        temperature=temperature,
+                    )
+                    if self.critic is not None:
+                        mexp["values"] = completion_values(self.critic, mb)
+                    loss, metrics = objective.loss(mexp)
+                    weight = aggregation_weight(objective.loss_agg_mode, mb.completion_mask, whole_mask)
+                    self.manual_backward(loss * weight)
+                    metrics = {"train/loss": loss.detach(), **metrics}
+                    metrics["train/entropy"] = masked_mean(mexp["entropy"].detach(), mb.completion_mask)
+                    if "ref_log_probs" in mexp:
+                        metrics["train/kl_ref"] = sequence_kl(
+                            mexp["log_probs"].detach(), mexp["ref_log_probs"], mb.completion_mask
+                        ).mean()
+                    for key, value_ in metrics.items():
+                        sums[key] = sums.get(key, 0.0) + float(value_) * weight / updates
+                done += 1
+                for i, (opt, group) in enumerate(zip(opts, params, strict=True)):
+                    norm = torch.nn.utils.clip_grad_norm_(group, clip)
+                    key = "train/grad_norm" if i == 0 else "train/critic_grad_norm"
+                    sums[key] = sums.get(key, 0.0) + float(norm) / updates
+                    # Only the policy's last step of the iteration goes through Lightning, so that
+                    # trainer.global_step counts RL iterations, not optimizer steps.
+                    (opt if i == 0 and done == updates else opt.optimizer).step()
+        for sched in self._schedulers():
+            sched.step()
+        t_update = time.perf_counter() - t2
         step_s = time.perf_counter() - t0
 
-        self.completions_seen += size
         tokens = int(rollout.prompt_mask.sum() + rollout.completion_mask.sum())
+        self.completions_seen += size
+        self.tokens_seen += tokens
+        self.train_time_s += step_s
         sums.update(
             {
                 "train/reward_mean": rewards.mean().item(),
                 "train/accuracy": (rewards > 0).float().mean().item(),
                 "train/response_length": rollout.completion_mask.sum(1).float().mean().item(),
-                "train/grad_norm": float(grad_norm),
-                "train/lr": sched.get_last_lr()[0],
+                "train/lr": self._schedulers()[0].get_last_lr()[0],
                 "train/completions": float(self.completions_seen),
+                "train/tokens": float(self.tokens_seen),
                 "perf/rollout_s": t_rollout,
                 "perf/ref_s": t_ref,
                 "perf/update_s": t_update,
                 "perf/step_s": step_s,
+                "perf/elapsed_s": self.train_time_s,
                 "perf/tokens_per_s": tokens / step_s,
                 "perf/peak_mem_gb": peak_mem_gb(self.device),
             }
@@ -144,14 +201,25 @@ class RLModule(L.LightningModule):
         self.log_dict(sums, on_step=True, on_epoch=False, batch_size=size)
         self.log("train/acc", sums["train/accuracy"], prog_bar=True, logger=False, batch_size=size)
 
+    def _schedulers(self) -> list:
+        scheds = self.lr_schedulers()
+        return scheds if isinstance(scheds, list) else [scheds]
+
     def configure_optimizers(self):
         cfg = self.optim_cfg
-        opt = torch.optim.AdamW(
-            self.policy.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"]
-        )
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else 1000
         lam = warmup_cosine(cfg["warmup_steps"], total, cfg.get("min_lr_ratio", 0.0))
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lam)}
+        groups = [(self.policy, cfg["lr"])]
+        if self.critic is not None:
+            groups.append((self.critic, self.objective.critic_lr))
+        opts = [
+            torch.optim.AdamW(m.parameters(), lr=lr, betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+            for m, lr in groups
+        ]
+        scheds = [torch.optim.lr_scheduler.LambdaLR(opt, lam) for opt in opts]
+        if len(opts) == 1:
+            return {"optimizer": opts[0], "lr_scheduler": scheds[0]}
+        return opts, scheds
 
     # ---------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -181,6 +249,10 @@ class RLModule(L.LightningModule):
     # --------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["completions_seen"] = self.completions_seen
+        checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["train_time_s"] = self.train_time_s
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.completions_seen = checkpoint.get("completions_seen", 0)
+        self.tokens_seen = checkpoint.get("tokens_seen", 0)
+        self.train_time_s = checkpoint.get("train_time_s", 0.0)

@@ -120,8 +120,11 @@ def test_centered_initial_value_subtracts_reference_value():
     log_probs = ref_log_probs = torch.zeros(2, 2)
     mask, rewards = torch.ones(2, 2), torch.tensor([1.0, 0.0])
     v, v_ref = torch.tensor([10.0, 12.0]), torch.tensor([9.0, 12.5])
-    raw = TBRM(beta=1.0, initial_value="raw").loss(log_probs, ref_log_probs, v, v_ref, rewards, mask)[0]
-    centered = TBRM(beta=1.0, initial_value="centered").loss(log_probs, ref_log_probs, v, v_ref, rewards, mask)[0]
+    exp = dict(
+        log_probs=log_probs, ref_log_probs=ref_log_probs, initial_value=v, ref_initial_value=v_ref, rewards=rewards
+    )
+    raw = TBRM(beta=1.0, initial_value="raw").loss({**exp, "mask": mask})[0]
+    centered = TBRM(beta=1.0, initial_value="centered").loss({**exp, "mask": mask})[0]
     assert raw.item() == pytest.approx(((10 - 1) ** 2 + 12**2) / 2)
     assert centered.item() == pytest.approx(((1 - 1) ** 2 + 0.5**2) / 2)
 

@@ -28,3 +28,81 @@ def sequence_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, mask: torc
     for KL(pi || pi_ref) on sequences sampled from pi. Shapes: (batch, response_len) -> (batch,).
     """
     return masked_sum(log_probs.float() - ref_log_probs.float(), mask.float())
+
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def kl_estimate(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from the log-probs of tokens sampled from pi.
+
+    With log r = log pi_ref(a|s) - log pi(a|s) (Schulman, "Approximating KL divergence", 2020):
+    ``k1`` = -log r (unbiased, can be negative), ``k2`` = (log r)^2 / 2 (biased, low variance),
+    ``k3`` = r - 1 - log r (unbiased, always >= 0; the estimator of GRPO, DeepSeekMath Eq. 4).
+    Shapes: (batch, response_len) -> (batch, response_len), computed in float32.
+    """
+    log_r = ref_log_probs.float() - log_probs.float()
+    if kind == "k1":
+        return -log_r
+    if kind == "k2":
+        return 0.5 * log_r.pow(2)
+    if kind == "k3":
+        log_r = log_r.clamp(-20.0, 20.0)  # exp() of a wild ratio would overflow float32
+        return torch.exp(log_r) - 1.0 - log_r
+    raise ValueError(f"unknown KL estimator {kind!r}; choose one of {KL_ESTIMATORS}.")
+
+
+def aggregate_loss(
+    loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean", norm_length: int | None = None
+) -> torch.Tensor:
+    """Reduce a per-token loss (batch, response_len) to a scalar, the ways GRPO variants do.
+
+    ``token-mean``: the mean over every completion token of the batch (DAPO, TRL's default);
+    ``seq-mean-token-mean``: the mean over sequences of each sequence's token mean (the original
+    GRPO, DeepSeekMath Eq. 3); ``seq-mean-token-sum-norm``: the mean over sequences of each
+    sequence's token sum divided by the constant ``norm_length`` (Dr. GRPO, arXiv 2503.20783), so
+    long and short completions get the same per-token weight.
+    """
+    mask = mask.to(loss_mat.dtype)
+    if mode == "token-mean":
+        return masked_mean(loss_mat, mask)
+    if mode == "seq-mean-token-mean":
+        return masked_mean(loss_mat, mask, dim=-1).mean()
+    if mode == "seq-mean-token-sum-norm":
+        if not norm_length or norm_length <= 0:
+            raise ValueError("loss_agg_mode 'seq-mean-token-sum-norm' needs norm_length > 0 (the max response length).")
+        return (loss_mat * mask).sum(-1).mean() / norm_length
+    raise ValueError(f"unknown loss_agg_mode {mode!r}; choose one of {LOSS_AGG_MODES}.")
+
+
+def aggregation_weight(mode: str, part_mask: torch.Tensor, whole_mask: torch.Tensor) -> float:
+    """The weight of one micro-batch's aggregated loss in its (mini-)batch's loss.
+
+    Summing ``weight * aggregate_loss(part)`` over the micro-batches of a batch gives
+    ``aggregate_loss(batch)`` exactly: token counts for ``token-mean``, row counts otherwise.
+    """
+    if mode == "token-mean":
+        return float(part_mask.sum()) / max(float(whole_mask.sum()), 1.0)
+    return part_mask.shape[0] / max(whole_mask.shape[0], 1)
+
+
+def clipped_surrogate(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon_low: float,
+    epsilon_high: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped policy-gradient loss per token (Schulman et al. 2017, Eq. 7), negated.
+
+    ``-min(ratio * A, clip(ratio, 1 - epsilon_low, 1 + epsilon_high) * A)`` with
+    ``ratio = exp(log_probs - old_log_probs)``; ``advantages`` broadcast against the tokens.
+    Returns ``(loss_mat, ratio, clipped)``; ``clipped`` is 1 where the clipped term was chosen.
+    """
+    log_ratio = (log_probs.float() - old_log_probs.float()).clamp(-20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - epsilon_low, 1.0 + epsilon_high) * advantages
+    loss_mat = -torch.minimum(unclipped, clipped)
+    return loss_mat, ratio.detach(), (clipped < unclipped).float()

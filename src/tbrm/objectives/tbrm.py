@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tbrm.objectives.base import Experience, Objective, check_choice, check_number
 from tbrm.objectives.common import masked_sum
 
 INITIAL_VALUE_MODES = ("raw", "centered")
@@ -77,8 +78,11 @@ def tbrm_loss(
 
 
 @dataclass
-class TBRM:
-    """TBRM as a pluggable objective: says what it needs and maps a rollout batch to the loss.
+class TBRM(Objective):
+    """TBRM as a pluggable objective: needs only the policy and a frozen reference.
+
+    One gradient step per rollout batch on raw logits (no temperature: the logits are the
+    Q-values), any number of rollouts per prompt, any behaviour policy.
 
     Attributes:
         beta: KL coefficient (> 0); the paper uses 0.002 for Qwen2.5-Math.
@@ -90,35 +94,23 @@ class TBRM:
     initial_value: str = "centered"
 
     name = "tbrm"
-    needs_reference = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.beta, (int, float)) or self.beta <= 0:
-            raise ValueError(
-                f"algorithm.beta must be a number > 0 for TBRM (got {self.beta!r}); rewards enter "
-                "the residual as r / beta. Try algorithm.beta=0.05."
-            )
-        if self.initial_value not in INITIAL_VALUE_MODES:
-            raise ValueError(
-                f"algorithm.initial_value must be one of {INITIAL_VALUE_MODES} (got {self.initial_value!r})."
-            )
+        check_number("TBRM", "beta", self.beta, low=0, hint=" Rewards enter the residual as r / beta; try 0.05.")
+        check_choice("TBRM", "initial_value", self.initial_value, INITIAL_VALUE_MODES)
 
-    def loss(
-        self,
-        log_probs: torch.Tensor,
-        ref_log_probs: torch.Tensor,
-        initial_value: torch.Tensor,
-        ref_initial_value: torch.Tensor,
-        rewards: torch.Tensor,
-        mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    @property
+    def needs_reference(self) -> bool:
+        return True
+
+    def loss(self, exp: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one (micro-)batch; the mode decides whether V_ref(s_1) is subtracted."""
         return tbrm_loss(
-            log_probs,
-            ref_log_probs,
-            initial_value,
-            rewards,
-            mask,
+            exp["log_probs"],
+            exp["ref_log_probs"],
+            exp["initial_value"],
+            exp["rewards"],
+            exp["mask"],
             beta=self.beta,
-            ref_initial_value=ref_initial_value if self.initial_value == "centered" else None,
+            ref_initial_value=exp["ref_initial_value"] if self.initial_value == "centered" else None,
         )

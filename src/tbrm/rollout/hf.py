@@ -42,21 +42,25 @@ class RolloutBatch:
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
 
-    def select(self, index: slice) -> RolloutBatch:
+    def select(self, index: slice | list[int] | torch.Tensor) -> RolloutBatch:
         """Rows ``index`` of the batch (a micro-batch), padding columns trimmed."""
-        mask = self.completion_mask[index]
-        keep = int(mask.sum(1).max().item()) if mask.numel() else 0
-        pmask = self.prompt_mask[index]
-        drop = pmask.shape[1] - int(pmask.sum(1).max().item()) if pmask.numel() else 0
+        if isinstance(index, slice):
+            index = list(range(len(self)))[index]
+        rows = [int(i) for i in index]
+        idx = torch.tensor(rows, dtype=torch.long, device=self.completion_ids.device)
+        mask = self.completion_mask[idx]
+        keep = max(int(mask.sum(1).max().item()) if rows else 0, 1)
+        pmask = self.prompt_mask[idx]
+        drop = pmask.shape[1] - int(pmask.sum(1).max().item()) if rows else 0
         return RolloutBatch(
-            prompt_ids=self.prompt_ids[index, drop:],
+            prompt_ids=self.prompt_ids[idx, drop:],
             prompt_mask=pmask[:, drop:],
-            completion_ids=self.completion_ids[index, : max(keep, 1)],
-            completion_mask=mask[:, : max(keep, 1)],
-            behavior_log_probs=self.behavior_log_probs[index, : max(keep, 1)],
-            prompts=self.prompts[index],
-            answers=self.answers[index],
-            completions=self.completions[index],
+            completion_ids=self.completion_ids[idx, :keep],
+            completion_mask=mask[:, :keep],
+            behavior_log_probs=self.behavior_log_probs[idx, :keep],
+            prompts=[self.prompts[i] for i in rows],
+            answers=[self.answers[i] for i in rows],
+            completions=[self.completions[i] for i in rows] if self.completions else [],
         )
 
 
@@ -131,31 +135,51 @@ def generate_rollouts(
     )
 
 
+def model_inputs(batch: RolloutBatch) -> dict[str, torch.Tensor]:
+    """Prompt + completion as one left-padded sequence, with position ids that follow the
+    attention mask (as ``generate`` does), so left padding changes nothing."""
+    input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], 1)
+    attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], 1)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+
+
 def completion_logprobs(
-    model, batch: RolloutBatch, *, with_entropy: bool = False
+    model,
+    batch: RolloutBatch,
+    *,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One forward pass over prompt + completion.
 
     Returns ``(log_probs, initial_value, entropy)``: log pi(a_h | s_h) of the completion tokens
     (batch, response_len); V(s_1) = logsumexp of the raw logits at the last prompt position
-    (batch,); and, when asked, the per-token entropy (batch, response_len), detached. Log-probs
-    are a gather minus a logsumexp, so no full-vocabulary log-softmax is kept for backward.
-    Position ids follow the attention mask, as in ``generate``, so left padding changes nothing.
+    (batch,); and, when asked, the per-token entropy (batch, response_len), detached unless
+    ``entropy_grad``. ``temperature`` divides the logits before the log-probs and the entropy
+    (the sampling distribution, for ratio-based objectives); V(s_1) always uses the raw logits.
+    Log-probs are a gather minus a logsumexp, so no full-vocabulary log-softmax is kept for backward.
     """
-    input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], 1)
-    attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], 1)
-    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
     prompt_len, response_len = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
-    logits = (
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        .logits[:, prompt_len - 1 : prompt_len - 1 + response_len]
-        .float()
+    raw = (
+        model(**model_inputs(batch), use_cache=False).logits[:, prompt_len - 1 : prompt_len - 1 + response_len].float()
     )
+    initial_value = torch.logsumexp(raw[:, 0], -1)
+    logits = raw / temperature if temperature != 1.0 else raw
     lse = torch.logsumexp(logits, -1)
     log_probs = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1) - lse
     entropy = None
     if with_entropy:
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             probs = torch.softmax(logits, -1)
             entropy = lse - (probs * logits).sum(-1)
-    return log_probs * batch.completion_mask, lse[:, 0], entropy
+    return log_probs * batch.completion_mask, initial_value, entropy
+
+
+def completion_values(critic, batch: RolloutBatch) -> torch.Tensor:
+    """The critic's V(s_h) for each completion token's state s_h (the position that predicts
+    a_h), (batch, response_len), 0 on padding."""
+    prompt_len, response_len = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+    values = critic(**model_inputs(batch))[:, prompt_len - 1 : prompt_len - 1 + response_len]
+    return values * batch.completion_mask

@@ -1,0 +1,67 @@
+"""What every objective tells the LightningModule, so the module never branches on an algorithm.
+
+An objective is a small dataclass built by Hydra from ``conf/algorithm/<name>.yaml``. It says
+what an update needs (a frozen reference, a critic, log-probs at the sampling temperature) and
+how often to update per rollout batch; ``prepare`` adds batch-level quantities (advantages,
+returns) to the experience once per rollout batch, and ``loss`` maps one micro-batch of
+experience to ``(loss, metrics)`` through the pure tensor functions of its module.
+
+Experience keys (tensors of shape (batch, response_len) unless noted):
+    ``mask``, ``rewards`` (batch,), ``behavior_log_probs``: from the rollout;
+    ``ref_log_probs``, ``ref_initial_value`` (batch,): the frozen reference, when needed;
+    ``old_values``: the critic before the update, when needed;
+    ``log_probs``, ``initial_value`` (batch,), ``entropy``, ``values``: the current forward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Experience = dict[str, torch.Tensor]
+
+
+def check_number(owner: str, name: str, value, *, low: float | None = None, strict: bool = True, hint: str = ""):
+    """Raise a ValueError naming ``algorithm.<name>`` unless ``value`` is a number above ``low``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value > low if strict else value >= low
+    if not ok:
+        bound = "" if low is None else f" {'>' if strict else '>='} {low}"
+        raise ValueError(f"algorithm.{name} must be a number{bound} for {owner} (got {value!r}).{hint}")
+
+
+def check_choice(owner: str, name: str, value, choices: tuple[str, ...]) -> None:
+    """Raise a ValueError naming ``algorithm.<name>`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"algorithm.{name} must be one of {list(choices)} for {owner} (got {value!r}).")
+
+
+class Objective:
+    """Defaults for the questions the module asks; each algorithm overrides what differs."""
+
+    name = "objective"
+    #: a critic (value model) is trained alongside the policy
+    needs_critic = False
+    #: the update's log-probs are those of the sampling distribution (logits / temperature), as
+    #: in TRL and verl, so ratios against the behaviour log-probs start at 1
+    temperature_scaled = False
+    #: how micro-batch losses combine (``token-mean`` weights them by tokens, otherwise by rows)
+    loss_agg_mode = "seq-mean"
+    #: passes over each rollout batch, and optimizer steps per pass
+    epochs = 1
+    num_minibatches = 1
+
+    @property
+    def needs_reference(self) -> bool:
+        return False
+
+    @property
+    def needs_entropy_grad(self) -> bool:
+        return False
+
+    def prepare(self, exp: Experience) -> dict[str, torch.Tensor]:
+        """Add batch-level quantities to ``exp`` in place; return metrics. Default: nothing."""
+        return {}
+
+    def loss(self, exp: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
