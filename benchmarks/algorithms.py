@@ -56,7 +56,13 @@ def launch(out: Path, label: str, seed: int, overrides: list[str], threads: int)
     job_dir.mkdir(parents=True, exist_ok=True)
     with open(job_dir / "stdout.log", "w") as log:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
+    return collect(out, label, seed, failed=proc.returncode != 0)
+
+
+def collect(out: Path, label: str, seed: int, failed: bool = False) -> dict:
+    """The results of a finished job directory (failed when it has no summary.json)."""
+    job_dir = out / slug(label) / f"seed{seed}"
+    if failed or not (job_dir / "summary.json").exists():
         return {"label": label, "seed": seed, "failed": True, "log": str(job_dir / "stdout.log")}
     rows = list(csv.DictReader(open(job_dir / "csv" / "metrics.csv")))
     steps = [r for r in rows if r.get("perf/step_s")]
@@ -80,8 +86,8 @@ def mean_sd(values: list[float]) -> str:
 
 def table(results: list[dict], timing: dict[str, dict], args) -> str:
     lines = [
-        f"Embedded default, {args.prompts} prompts x {args.steps} steps, seeds {args.seeds}; accuracy on 1,000 "
-        "held-out problems (mean ± sd over seeds); time and memory from one job at a time "
+        f"{args.prompts} prompts x {args.steps} steps, seeds {args.seeds}; accuracy on the task's validation "
+        "split (mean ± sd over seeds); time and memory from one job at a time "
         f"({args.timing_steps} steps, median after {args.warmup}).",
         "",
         "| algorithm | completions/step | val/accuracy start -> end | val/accuracy_sampled start -> end | "
@@ -120,6 +126,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16, help="prompts per step, the same for every algorithm")
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--jobs", type=int, default=2, help="accuracy jobs side by side")
+    parser.add_argument("--threads", type=int, default=None, help="threads per accuracy job (default: cores / jobs)")
+    parser.add_argument(
+        "--phase",
+        choices=["all", "accuracy", "timing"],
+        default="all",
+        help="accuracy or timing alone; a later 'all' or 'timing' run with the same --out reuses finished jobs",
+    )
     parser.add_argument("--timing-steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "benchmarks" / time.strftime("%Y-%m-%d_%H-%M-%S"))
@@ -134,13 +147,19 @@ def main() -> None:
     # the warm start is shared: build it once before jobs race for it
     subprocess.run([sys.executable, "run.py", "task=sft", *args.overrides], cwd=ROOT, check=True)
     jobs = [(label, seed) for seed in args.seeds for label in labels]
-    threads = max(cores // args.jobs, 1)
-    print(f"{len(jobs)} accuracy jobs, {args.jobs} at a time, {threads} thread(s) each; logs under {args.out}")
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: launch(args.out, job[0], job[1], common, threads), jobs))
+    threads = args.threads or max(cores // args.jobs, 1)
+    results = []
+    if args.phase in ("all", "accuracy"):
+        print(f"{len(jobs)} accuracy jobs, {args.jobs} at a time, {threads} thread(s) each; logs under {args.out}")
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(lambda job: launch(args.out, job[0], job[1], common, threads), jobs))
+    else:
+        results = [collect(args.out, label, seed) for label, seed in jobs]
     for r in results:
         status = "FAILED, see " + r["log"] if r["failed"] else f"final {r['summary']['final']}"
         print(f"{r['label']} seed {r['seed']}: {status}", flush=True)
+    if args.phase == "accuracy":
+        return
 
     timing = {}
     small = ["data.task.num_val=64", "data.val_batch_size=64", f"trainer.max_steps={args.timing_steps}"]

@@ -36,6 +36,24 @@ def check_choice(owner: str, name: str, value, choices: tuple[str, ...]) -> None
         raise ValueError(f"algorithm.{name} must be one of {list(choices)} for {owner} (got {value!r}).")
 
 
+def check_policy_gradient(owner: str, obj, epochs_key: str) -> None:
+    """The settings GRPO and PPO share: beta >= 0, the clip range, the loss aggregation, the
+    number of passes and minibatches per rollout batch."""
+    from tbrm.objectives.common import LOSS_AGG_MODES
+
+    check_number(owner, "beta", obj.beta, low=0, strict=False, hint=" Use 0 for no KL term.")
+    check_number(owner, "epsilon", obj.epsilon, low=0, hint=" The clip range is [1 - epsilon, 1 + epsilon_high].")
+    if obj.epsilon_high is not None:
+        check_number(owner, "epsilon_high", obj.epsilon_high, low=0)
+    check_choice(owner, "loss_agg_mode", obj.loss_agg_mode, LOSS_AGG_MODES)
+    if obj.loss_agg_mode == "seq-mean-token-sum-norm":
+        check_number(owner, "norm_length", obj.norm_length, low=0, hint=" Set it to rollout.max_new_tokens.")
+    for key in (epochs_key, "num_minibatches"):
+        value = getattr(obj, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"algorithm.{key} must be an integer >= 1 for {owner} (got {value!r}).")
+
+
 class Objective:
     """Defaults for the questions the module asks; each algorithm overrides what differs."""
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tbrm.objectives.base import Experience, Objective, check_choice, check_number
-from tbrm.objectives.common import LOSS_AGG_MODES, aggregate_loss, clipped_surrogate, kl_estimate, masked_mean
+from tbrm.objectives.base import Experience, Objective, check_choice, check_number, check_policy_gradient
+from tbrm.objectives.common import aggregate_loss, clipped_surrogate, kl_estimate, masked_mean
 
 SCALE_REWARDS = ("group", "batch", "none")
 
@@ -138,17 +138,8 @@ class GRPO(Objective):
                 f"GRPO needs at least 2 completions per prompt to form a group (rollout.n={self.group_size!r}); "
                 "set rollout.n=4 (or more), or use algorithm=tbrm, which works with one."
             )
-        check_number("GRPO", "beta", self.beta, low=0, strict=False, hint=" Use 0 for no KL term.")
-        check_number("GRPO", "epsilon", self.epsilon, low=0, hint=" The clip range is [1 - epsilon, 1 + epsilon_high].")
-        if self.epsilon_high is not None:
-            check_number("GRPO", "epsilon_high", self.epsilon_high, low=0)
+        check_policy_gradient("GRPO", self, "num_iterations")
         check_choice("GRPO", "scale_rewards", self.scale_rewards, SCALE_REWARDS)
-        check_choice("GRPO", "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
-        if self.loss_agg_mode == "seq-mean-token-sum-norm":
-            check_number("GRPO", "norm_length", self.norm_length, low=0, hint=" Set it to rollout.max_new_tokens.")
-        for key in ("num_iterations", "num_minibatches"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ValueError(f"algorithm.{key} must be an integer >= 1 for GRPO (got {getattr(self, key)!r}).")
         check_number("GRPO", "advantage_eps", self.advantage_eps, low=0, strict=False)
 
     @property

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tbrm.objectives.base import Experience, Objective, check_choice, check_number
+from tbrm.objectives.base import Experience, Objective, check_choice, check_number, check_policy_gradient
 from tbrm.objectives.common import (
     KL_ESTIMATORS,
-    LOSS_AGG_MODES,
     aggregate_loss,
     clipped_surrogate,
     kl_estimate,
@@ -135,25 +134,16 @@ class PPO(Objective):
     temperature_scaled = True
 
     def __post_init__(self) -> None:
-        check_number("PPO", "beta", self.beta, low=0, strict=False, hint=" Use 0 for no KL term.")
+        check_policy_gradient("PPO", self, "ppo_epochs")
         check_choice("PPO", "kl_penalty", self.kl_penalty, KL_PENALTIES)
         check_choice("PPO", "kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         check_number("PPO", "gamma", self.gamma, low=0, strict=False)
         check_number("PPO", "lam", self.lam, low=0, strict=False)
         if self.gamma > 1 or self.lam > 1:
             raise ValueError(f"algorithm.gamma and algorithm.lam must be in [0, 1] (got {self.gamma}, {self.lam}).")
-        check_number("PPO", "epsilon", self.epsilon, low=0, hint=" The clip range is [1 - epsilon, 1 + epsilon_high].")
-        if self.epsilon_high is not None:
-            check_number("PPO", "epsilon_high", self.epsilon_high, low=0)
         if self.value_clip is not None:
             check_number("PPO", "value_clip", self.value_clip, low=0)
         check_number("PPO", "entropy_coef", self.entropy_coef, low=0, strict=False)
-        check_choice("PPO", "loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
-        if self.loss_agg_mode == "seq-mean-token-sum-norm":
-            check_number("PPO", "norm_length", self.norm_length, low=0, hint=" Set it to rollout.max_new_tokens.")
-        for key in ("ppo_epochs", "num_minibatches"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ValueError(f"algorithm.{key} must be an integer >= 1 for PPO (got {getattr(self, key)!r}).")
         check_number("PPO", "critic_lr", self.critic_lr, low=0)
 
     @property
