@@ -74,6 +74,8 @@ def test_algorithm_groups_set_a_fair_budget(tmp_path):
         assert cfg.rollout.n == n and cfg.data.batch_size * n == 64
         objective = instantiate(cfg.algorithm)
         assert getattr(objective, "group_size", n) == n
+    assert compose_cfg(tmp_path, ["algorithm=grpo"]).optimizer.lr == 3e-5  # its own tuned lr
+    assert compose_cfg(tmp_path, ["algorithm=grpo", "optimizer.lr=1e-5"]).optimizer.lr == 1e-5
     cfg = compose_cfg(tmp_path, ["algorithm=grpo", "rollout.n=8", "algorithm.loss_agg_mode=seq-mean-token-sum-norm"])
     objective = instantiate(cfg.algorithm)
     assert objective.group_size == 8 and objective.norm_length == cfg.rollout.max_new_tokens
