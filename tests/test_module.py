@@ -182,3 +182,31 @@ def test_warmup_cosine_schedule():
     assert lam(0) == 0.5 and lam(1) == 1.0 and lam(2) == 1.0
     assert lam(6) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lam(10) == pytest.approx(0.1) and lam(50) == pytest.approx(0.1)
+
+
+def test_ppo_resumes_policy_critic_and_both_optimizers_from_a_checkpoint(tiny_model_dir, tmp_path):
+    torch.manual_seed(0)
+    module = make(tiny_model_dir, reward=random_reward, objective=PPO(beta=0.1))
+    trainer, _ = fit(module, steps=1)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert len(saved["optimizer_states"]) == 2 and len(saved["lr_schedulers"]) == 2
+    assert saved["completions_seen"] == 8 and saved["tokens_seen"] > 0
+
+    resumed = make(tiny_model_dir, reward=random_reward, objective=PPO(beta=0.1))
+    datamodule = PromptDataModule(ArithmeticTask(b_digits=1, num_val=8, num_test=8), batch_size=4, val_batch_size=8)
+    trainer2 = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer2.fit(resumed, datamodule=datamodule, ckpt_path=tmp_path / "last.ckpt")
+    assert trainer2.global_step == 2 and resumed.completions_seen == 16
+    restored = make(tiny_model_dir, reward=random_reward, objective=PPO(beta=0.1))
+    restored.load_state_dict(saved["state_dict"])
+    for name, tensor in module.critic.state_dict().items():
+        torch.testing.assert_close(restored.critic.state_dict()[name], tensor)
