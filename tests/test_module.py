@@ -161,7 +161,17 @@ def test_ppo_trains_policy_and_critic_and_checkpoints_the_critic(tiny_model_dir)
     assert expected <= set(metrics[-1])
     assert metrics[-1]["train/tokens"] > metrics[0]["train/tokens"] > 0
     assert metrics[-1]["perf/elapsed_s"] > metrics[0]["perf/elapsed_s"] > 0
-    assert metrics[0]["ppo/ratio_mean"] == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "objective", [lambda: PPO(beta=0.1), lambda: GRPO(group_size=2, beta=0.1)], ids=["ppo", "grpo"]
+)
+def test_first_update_ratio_to_the_behaviour_policy_is_one(tiny_model_dir, objective):
+    """generate's behaviour log-probs and the training forward pass agree (left padding, positions)."""
+    torch.manual_seed(0)
+    _, metrics = fit(make(tiny_model_dir, reward=random_reward, objective=objective()), steps=1)
+    key = "ppo/ratio_mean" if "ppo/ratio_mean" in metrics[0] else "grpo/ratio_mean"
+    assert metrics[0][key] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_a_reward_function_that_raises_is_named(tiny_model_dir):
