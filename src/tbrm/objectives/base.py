@@ -15,6 +15,8 @@ Experience keys (tensors of shape (batch, response_len) unless noted):
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 
 Experience = dict[str, torch.Tensor]
@@ -54,7 +56,7 @@ def check_policy_gradient(owner: str, obj, epochs_key: str) -> None:
             raise ValueError(f"algorithm.{key} must be an integer >= 1 for {owner} (got {value!r}).")
 
 
-class Objective:
+class Objective(ABC):
     """Defaults for the questions the module asks; each algorithm overrides what differs."""
 
     name = "objective"
@@ -81,5 +83,6 @@ class Objective:
         """Add batch-level quantities to ``exp`` in place; return metrics. Default: nothing."""
         return {}
 
+    @abstractmethod
     def loss(self, exp: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
+        """``(loss, metrics)`` of one micro-batch of experience."""
