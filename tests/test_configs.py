@@ -68,10 +68,10 @@ def test_gpu_trainer_config_asks_for_bf16(tmp_path):
 
 
 def test_algorithm_groups_set_a_fair_budget(tmp_path):
-    """Every algorithm sees 64 completions per step by default; GRPO as 16 groups of 4."""
+    """Every algorithm sees 128 completions per step by default; GRPO as 32 groups of 4."""
     for name, n in (("tbrm", 1), ("grpo", 4), ("ppo", 1)):
         cfg = compose_cfg(tmp_path, [f"algorithm={name}"])
-        assert cfg.rollout.n == n and cfg.data.batch_size * n == 64
+        assert cfg.rollout.n == n and cfg.data.batch_size * n == 128
         objective = instantiate(cfg.algorithm)
         assert getattr(objective, "group_size", n) == n
     assert compose_cfg(tmp_path, ["algorithm=grpo"]).optimizer.lr == 3e-5  # its own tuned lr
