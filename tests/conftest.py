@@ -37,3 +37,19 @@ def _offline_wandb(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def math_data_dir() -> Path:
+    """The local benchmark files (``TBRM_MATH_DATA``, default ``../shared/data/math``).
+
+    Missing files fail the test under CI (``CI=true``) and skip it elsewhere, so a checkout
+    without the folder still runs its suite.
+    """
+    path = Path(os.environ.get("TBRM_MATH_DATA", ROOT.parent / "shared" / "data" / "math"))
+    if not (path / "math500.jsonl").exists():
+        reason = f"benchmark files not found in {path}; set TBRM_MATH_DATA to the folder that holds math500.jsonl"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
