@@ -1,0 +1,182 @@
+"""Math reasoning sets loaded through ``datasets``, by hub name or from a local file.
+
+A :class:`MathSource` says where one split comes from (a hub name, or a ``path`` that overrides
+it) and how a row maps to a prompt record: which field holds the question (or a format string
+over several fields, e.g. SVAMP's ``"{Body} {Question}"``) and how to read the gold answer from
+its field (as is, after ``####`` as in GSM8K, the last ``\\boxed{}`` as in Minerva Math, or the
+first item of a list as in OlympiadBench). Rows that lack a question or an answer fail with the
+file and row named, or are skipped and counted when ``skip_bad_rows`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tbrm.rewards.exact import extract_hash_answer
+from tbrm.rewards.math_answers import last_boxed
+
+log = logging.getLogger(__name__)
+
+ANSWER_FORMATS = ("field", "hash", "boxed", "first")
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+
+class BadRowError(ValueError):
+    """A data row without a usable question or answer."""
+
+
+def get_field(row: dict, name: str):
+    """``row[name]``, where a dotted name walks nested dicts and lists (``reward_model.ground_truth``,
+    ``prompt.0.content``); None when any part is missing."""
+    value = row
+    for part in name.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, (list, tuple)) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def _answer_text(value, answer_format: str) -> str | None:
+    if answer_format == "first":
+        if not isinstance(value, (list, tuple)) or not value:
+            return None
+        value = value[0]
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # AMC and SVAMP write 27 as 27.0
+    if isinstance(value, (int, float)):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    if answer_format == "hash":
+        return extract_hash_answer(value)
+    if answer_format == "boxed":
+        return last_boxed(value)
+    return value.strip() or None
+
+
+@dataclass
+class MathSource:
+    """Where one split comes from and how its rows become ``{"prompt", "answer", "question"}``.
+
+    Attributes:
+        name: hub name for ``datasets.load_dataset`` (e.g. ``openai/gsm8k``).
+        path: a local ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file; overrides ``name``.
+        subset: the hub configuration (e.g. ``main`` for GSM8K).
+        split: the hub split (a local file is read whole).
+        question: the question's field (dotted for nested ones: ``prompt.0.content``), or a format
+            string over top-level fields (``"{Body} {Question}"``).
+        answer: the gold answer's field (dotted for nested ones: ``reward_model.ground_truth``).
+        answer_format: ``field`` (as is) | ``hash`` (after ``####``) | ``boxed`` (last
+            ``\\boxed{}``) | ``first`` (first item of a list).
+        limit: keep the first ``limit`` rows (None: all).
+    """
+
+    name: str | None = None
+    path: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    question: str = "problem"
+    answer: str = "answer"
+    answer_format: str = "field"
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS} (got {self.answer_format!r}).")
+        if not self.name and not self.path:
+            raise ValueError("a data source needs a hub `name` or a local `path`; set one of them.")
+
+    @property
+    def where(self) -> str:
+        return str(self.path) if self.path else f"{self.name} ({self.subset or 'default'}, {self.split})"
+
+    def load_rows(self) -> list[dict]:
+        """The raw rows, through ``datasets`` (a local file when ``path`` is set, else the hub)."""
+        import datasets
+
+        if self.path:
+            path = Path(self.path).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"data file {path} does not exist; fix the data config's `path`.")
+            builder = FILE_BUILDERS.get(path.suffix)
+            if builder is None:
+                raise ValueError(f"{path}: unknown file type {path.suffix!r}; use one of {sorted(FILE_BUILDERS)}.")
+            dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+        else:
+            dataset = datasets.load_dataset(self.name, self.subset, split=self.split)
+        if self.limit is not None:
+            dataset = dataset.select(range(min(self.limit, len(dataset))))
+        return dataset.to_list()
+
+    def _question(self, row: dict) -> str | None:
+        try:
+            text = self.question.format(**row) if "{" in self.question else get_field(row, self.question)
+        except (KeyError, IndexError):
+            return None
+        return text.strip() if isinstance(text, str) and text.strip() else None
+
+    def records(self, template: str = DEFAULT_TEMPLATE, skip_bad_rows: bool = False) -> tuple[list[dict], int]:
+        """``(records, skipped)``: prompt records of every good row, and how many rows were skipped."""
+        records, skipped = [], 0
+        for index, row in enumerate(self.load_rows()):
+            question = self._question(row)
+            answer = _answer_text(get_field(row, self.answer), self.answer_format)
+            if question is None or answer is None:
+                value = repr(get_field(row, self.answer))[:80]
+                problem = (
+                    f"no question in field {self.question!r}"
+                    if question is None
+                    else f"no answer in field {self.answer!r} (format {self.answer_format!r}; value {value})"
+                )
+                if not skip_bad_rows:
+                    raise BadRowError(
+                        f"{self.where}, row {index}: {problem}. Fix the row or the field mapping, or set "
+                        "data.task.skip_bad_rows=true to skip such rows."
+                    )
+                skipped += 1
+                continue
+            records.append({"prompt": template.replace("{question}", question), "answer": answer, "question": question})
+        if skipped:
+            log.warning("%s: skipped %d bad rows of %d", self.where, skipped, skipped + len(records))
+        return records, skipped
+
+
+@dataclass
+class MathTask:
+    """Train / validation / test splits from :class:`MathSource` settings (a task for ``PromptDataModule``).
+
+    ``validation`` and ``test`` may be the same source; ``skipped`` counts skipped rows per split.
+    """
+
+    train: MathSource | None = None
+    validation: MathSource | None = None
+    test: MathSource | None = None
+    template: str = DEFAULT_TEMPLATE
+    skip_bad_rows: bool = False
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if "{question}" not in self.template:
+            raise ValueError("data.task.template must contain {question}.")
+        self._splits: dict[str, list[dict]] | None = None
+
+    def splits(self) -> dict[str, list[dict]]:
+        if self._splits is None:
+            self._splits = {}
+            for name in ("train", "validation", "test"):
+                source = getattr(self, name)
+                if isinstance(source, dict):
+                    source = MathSource(**source)
+                if source is None:
+                    self._splits[name], self.skipped[name] = [], 0
+                else:
+                    self._splits[name], self.skipped[name] = source.records(self.template, self.skip_bad_rows)
+        return self._splits
