@@ -140,3 +140,42 @@ def test_bad_overrides_fail_with_a_clear_message(repo_root, tmp_path, override, 
     proc = run(repo_root, tmp_path, override, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr
+
+
+def test_math_data_from_local_files_with_a_saved_model(repo_root, math_data_dir, tmp_path):
+    """data=gsm8k + reward=math_verify on any saved model: local files through the hub code path."""
+    import string
+
+    from tbrm.models.tiny import build_char_tokenizer, build_tiny_model
+
+    tokenizer = build_char_tokenizer(string.printable)
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "run.py",
+        "data=gsm8k",
+        "reward=math_verify",
+        f"model.name_or_path={tmp_path / 'model'}",
+        f"data.task.train.path={math_data_dir / 'gsm8k_train.jsonl'}",
+        f"data.task.validation.path={math_data_dir / 'gsm8k_test.jsonl'}",
+        "data.task.validation.limit=16",
+        "data.batch_size=4",
+        "data.val_batch_size=16",
+        "rollout.max_new_tokens=8",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "logger=csv",
+        f"hydra.run.dir={out}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["policy_path"] == str(tmp_path / "model")
+    config = yaml.safe_load((out / ".hydra/config.yaml").read_text())
+    assert config["data"]["task"]["train"]["path"].endswith("gsm8k_train.jsonl")
+    rows = list(csv.DictReader(open(out / "csv/metrics.csv")))
+    assert max(float(r["train/completions"]) for r in rows if r.get("train/completions")) == 8  # 2 steps x 4
