@@ -161,7 +161,7 @@ class MathTask:
     test: MathSource | None = None
     template: str = DEFAULT_TEMPLATE
     skip_bad_rows: bool = False
-    skipped: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         if "{question}" not in self.template:
