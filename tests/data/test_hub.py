@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tbrm.data.hub import DEFAULT_TEMPLATE, BadRowError, MathSource, MathTask, get_field
+from tbrm.data.hub import DEFAULT_TEMPLATE, BadRowError, MathSource, MathTask, get_field, render_prompt
 
 # local copy -> (source config, rows, first answer); counts from the data folder's README
 LOCAL = {
@@ -87,7 +87,7 @@ def test_missing_or_unknown_files_and_bad_settings(tmp_path):
         MathSource(path="x.jsonl", answer_format="last")
     with pytest.raises(ValueError, match="hub `name` or a local `path`"):
         MathSource()
-    with pytest.raises(ValueError, match="must contain {question}"):
+    with pytest.raises(ValueError, match="must be one of .* or a string with {question}"):
         MathTask(template="no placeholder")
 
 
@@ -118,3 +118,24 @@ def test_gsm8k_data_config_yields_prompt_batches(repo_root, math_data_dir, tmp_p
     assert val["answer"][0] == "18"
     reward = instantiate(OmegaConf.load(repo_root / "conf/reward/math_verify.yaml"))
     assert reward(["... so \\boxed{18}"], val["answer"][:1]) == [1.0]
+
+
+def test_prompt_templates(tiny_model_dir, tmp_path):
+    plain = render_prompt("What is 2+2?")
+    assert plain == "What is 2+2?\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert render_prompt("2+2?", "Q: {question} A:") == "Q: 2+2? A:"
+    chatml = render_prompt("What is 2+2?", "qwen_math")  # no tokenizer: Qwen's ChatML written out
+    assert chatml == (
+        "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant] "
+    tokenizer.save_pretrained(tmp_path / "tok")
+    rendered = "[system] " + plain.split("\n")[1] + "\n[user] 2+2?\n[assistant] "
+    assert render_prompt("2+2?", "qwen_math", tokenizer) == rendered
+    path = _write(tmp_path / "q.jsonl", [{"problem": "2+2?", "answer": "4"}])
+    task = MathTask(train=MathSource(path=str(path)), template="qwen_math", tokenizer=str(tmp_path / "tok"))
+    assert task.splits()["train"][0]["prompt"] == rendered  # the task loads the tokenizer by name

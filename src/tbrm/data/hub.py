@@ -21,7 +21,28 @@ log = logging.getLogger(__name__)
 
 ANSWER_FORMATS = ("field", "hash", "boxed", "first")
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+DEFAULT_TEMPLATE = "{question}\n" + BOXED_INSTRUCTION
+TEMPLATES = ("plain", "qwen_math")
+
+
+def render_prompt(question: str, template: str = "plain", tokenizer=None) -> str:
+    """The prompt text for ``question``.
+
+    ``plain``: the question, a newline and the ``\\boxed{}`` instruction. ``qwen_math``: the
+    Qwen2.5-Math chat format (the instruction as the system message, the question as the user's)
+    rendered by ``tokenizer.apply_chat_template`` when the tokenizer has a chat template, else
+    written out in ChatML as Qwen's template does. Any other string is a template with ``{question}``.
+    """
+    if template == "qwen_math":
+        messages = [{"role": "system", "content": BOXED_INSTRUCTION}, {"role": "user", "content": question}]
+        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return (
+            "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            + "<|im_start|>assistant\n"
+        )
+    return (DEFAULT_TEMPLATE if template == "plain" else template).replace("{question}", question)
 
 
 class BadRowError(ValueError):
@@ -123,8 +144,10 @@ class MathSource:
             return None
         return text.strip() if isinstance(text, str) and text.strip() else None
 
-    def records(self, template: str = DEFAULT_TEMPLATE, skip_bad_rows: bool = False) -> tuple[list[dict], int]:
-        """``(records, skipped)``: prompt records of every good row, and how many rows were skipped."""
+    def records(self, template: str = "plain", skip_bad_rows: bool = False, tokenizer=None) -> tuple[list[dict], int]:
+        """``(records, skipped)``: prompt records of every good row, and how many rows were skipped.
+
+        ``template`` and ``tokenizer`` as in :func:`render_prompt`."""
         records, skipped = [], 0
         for index, row in enumerate(self.load_rows()):
             question = self._question(row)
@@ -143,7 +166,9 @@ class MathSource:
                     )
                 skipped += 1
                 continue
-            records.append({"prompt": template.replace("{question}", question), "answer": answer, "question": question})
+            records.append(
+                {"prompt": render_prompt(question, template, tokenizer), "answer": answer, "question": question}
+            )
         if skipped:
             log.warning("%s: skipped %d bad rows of %d", self.where, skipped, skipped + len(records))
         return records, skipped
@@ -153,23 +178,32 @@ class MathSource:
 class MathTask:
     """Train / validation / test splits from :class:`MathSource` settings (a task for ``PromptDataModule``).
 
-    ``validation`` and ``test`` may be the same source; ``skipped`` counts skipped rows per split.
+    ``template`` is ``plain`` | ``qwen_math`` | a string with ``{question}`` (see
+    :func:`render_prompt`); ``tokenizer`` (a hub name or directory, normally the policy's) supplies
+    the chat template for ``qwen_math``. ``validation`` and ``test`` may be the same source;
+    ``skipped`` counts skipped rows per split.
     """
 
     train: MathSource | None = None
     validation: MathSource | None = None
     test: MathSource | None = None
-    template: str = DEFAULT_TEMPLATE
+    template: str = "plain"
+    tokenizer: str | None = None
     skip_bad_rows: bool = False
     skipped: dict[str, int] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        if "{question}" not in self.template:
-            raise ValueError("data.task.template must contain {question}.")
+        if self.template not in TEMPLATES and "{question}" not in self.template:
+            raise ValueError(f"data.task.template must be one of {TEMPLATES} or a string with {{question}}.")
         self._splits: dict[str, list[dict]] | None = None
 
     def splits(self) -> dict[str, list[dict]]:
         if self._splits is None:
+            tokenizer = None
+            if self.template == "qwen_math" and self.tokenizer:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(self.tokenizer)
             self._splits = {}
             for name in ("train", "validation", "test"):
                 source = getattr(self, name)
@@ -178,5 +212,7 @@ class MathTask:
                 if source is None:
                     self._splits[name], self.skipped[name] = [], 0
                 else:
-                    self._splits[name], self.skipped[name] = source.records(self.template, self.skip_bad_rows)
+                    self._splits[name], self.skipped[name] = source.records(
+                        self.template, self.skip_bad_rows, tokenizer
+                    )
         return self._splits
