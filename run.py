@@ -4,6 +4,7 @@
     python run.py algorithm.beta=0.1 seed=1          # override any config value
     python run.py -m seed=0,1,2                      # a Hydra multirun sweep
     python run.py task=sft                           # only build (and cache) the warm start
+    python run.py task=eval model.name_or_path=<m>   # per-benchmark table (conf/eval/math.yaml)
 
 Compose the config, instantiate the parts, validate, fit, validate, write summary.json.
 """
@@ -25,7 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 
 os.environ.setdefault("WANDB_MODE", "offline")  # no W&B server unless the user says otherwise
 
+from tbrm.eval import evaluate_benchmarks, format_table  # noqa: E402
 from tbrm.models import resolve_policy  # noqa: E402
+from tbrm.models.loading import load_model_and_tokenizer  # noqa: E402
 from tbrm.module import RLModule  # noqa: E402
 from tbrm.utils import build_loggers, finish_loggers, write_summary  # noqa: E402
 
@@ -50,8 +53,10 @@ def train(cfg: DictConfig) -> float | None:
         if report.exists():
             log.info("warm start report:\n%s", report.read_text())
         return None
+    if cfg.task == "eval":
+        return evaluate(cfg, policy_path)
     if cfg.task != "train":
-        raise ValueError(f"task must be one of ['train', 'sft'] (got {cfg.task!r}).")
+        raise ValueError(f"task must be one of ['train', 'sft', 'eval'] (got {cfg.task!r}).")
 
     module = RLModule(
         policy_path,
@@ -91,6 +96,34 @@ def train(cfg: DictConfig) -> float | None:
     log.info("summary: %s", json.dumps(summary))
     finish_loggers(loggers)
     return final.get(cfg.optimized_metric)
+
+
+def evaluate(cfg: DictConfig, policy_path: str) -> float:
+    """task=eval: the per-benchmark table of ``cfg.eval`` for the policy, printed, saved and logged."""
+    model, tokenizer = load_model_and_tokenizer(policy_path, dtype=cfg.model.dtype)
+    settings = OmegaConf.to_container(cfg.eval, resolve=True)
+    benchmarks = {name: instantiate(source) for name, source in settings.pop("benchmarks").items()}
+    results = evaluate_benchmarks(
+        model,
+        tokenizer,
+        benchmarks,
+        instantiate(cfg.reward),
+        **settings,
+        progress=lambda b: log.info("evaluating %s", b),
+    )
+    table = format_table(results)
+    print(table)
+    out = Path(cfg.paths.output_dir)
+    (out / "eval.md").write_text(table + "\n")
+    (out / "eval.json").write_text(json.dumps({"policy": policy_path, "results": results}, indent=2))
+    loggers = build_loggers(
+        cfg.logger, tags=[*cfg.tags, "eval"], group=sweep_group(), config=OmegaConf.to_container(cfg, resolve=True)
+    )
+    flat = {f"eval/{name}/{key}": value for name, row in results.items() for key, value in row.items()}
+    for logger in loggers:
+        logger.log_metrics(flat, step=0)
+    finish_loggers(loggers)
+    return results["mean"]["avg@1"] if results else float("nan")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

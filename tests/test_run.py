@@ -179,3 +179,38 @@ def test_math_data_from_local_files_with_a_saved_model(repo_root, math_data_dir,
     assert config["data"]["task"]["train"]["path"].endswith("gsm8k_train.jsonl")
     rows = list(csv.DictReader(open(out / "csv/metrics.csv")))
     assert max(float(r["train/completions"]) for r in rows if r.get("train/completions")) == 8  # 2 steps x 4
+
+
+def test_eval_task_prints_and_logs_a_per_benchmark_table(repo_root, math_data_dir, tiny_model_dir, tmp_path):
+    """task=eval on a saved model: table printed, eval.json / eval.md written, W&B offline run logged."""
+    out = tmp_path / "out"
+    drop = ["aime24", "aime25", "amc23", "minerva_math", "olympiadbench"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        "task=eval",
+        "reward=math_verify",
+        f"model.name_or_path={tiny_model_dir}",
+        *[f"~eval.benchmarks.{name}" for name in drop],
+        f"eval.benchmarks.math500.path={math_data_dir / 'math500.jsonl'}",
+        "eval.benchmarks.math500.limit=4",
+        f"eval.benchmarks.gsm8k_test.path={math_data_dir / 'gsm8k_test.jsonl'}",
+        "eval.benchmarks.gsm8k_test.limit=6",
+        "eval.n_samples=2",
+        "eval.k=[1,2]",
+        "rollout.max_new_tokens=4",
+        f"hydra.run.dir={out}",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=repo_root, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "eval.json").read_text())["results"]
+    assert list(results) == ["math500", "gsm8k_test", "mean"]
+    assert results["math500"]["problems"] == 4 and results["mean"]["problems"] == 10
+    assert set(results["gsm8k_test"]) == {"avg@1", "avg@2", "pass@1", "pass@2", "problems"}
+    assert "| benchmark | problems | avg@1 | avg@2 | pass@1 | pass@2 |" in proc.stdout
+    assert (out / "eval.md").read_text().strip() in proc.stdout
+    wb = read_offline_run(only((out / "wandb").glob("offline-run-*")))
+    assert wb["summary"]["eval/math500/problems"] == 4 and "eval/mean/avg@1" in wb["summary"]
+    assert "eval" in wb["tags"]
