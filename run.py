@@ -19,6 +19,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -26,8 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 os.environ.setdefault("WANDB_MODE", "offline")  # no W&B server unless the user says otherwise
 
-from tbrm.eval import evaluate_benchmarks, format_table  # noqa: E402
-from tbrm.models import resolve_policy  # noqa: E402
+from tbrm.eval import BenchmarkEvaluation, evaluate_benchmarks, flatten, format_table, with_local_files  # noqa: E402
+from tbrm.models import load_options, resolve_policy  # noqa: E402
 from tbrm.models.loading import load_model_and_tokenizer  # noqa: E402
 from tbrm.module import RLModule  # noqa: E402
 from tbrm.utils import build_loggers, finish_loggers, write_summary  # noqa: E402
@@ -39,6 +40,24 @@ def sweep_group() -> str | None:
     """In a multirun, the sweep's folder name groups its jobs in W&B."""
     hc = HydraConfig.get()
     return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+
+
+def eval_settings(cfg: DictConfig, names: list[str] | None = None) -> tuple[dict, dict, object]:
+    """``(benchmarks, settings, reward_fn)`` of ``cfg.eval``: the sources (all, or ``names``),
+    the evaluation settings and the scorer."""
+    settings = OmegaConf.to_container(cfg.eval, resolve=True)
+    chosen = settings.pop("benchmarks")
+    if names is not None:
+        unknown = sorted(set(names) - set(chosen))
+        if unknown:
+            raise ValueError(
+                f"eval.during_training names {unknown}, which are not in eval.benchmarks {sorted(chosen)}."
+            )
+        chosen = {name: chosen[name] for name in names}
+    chosen = with_local_files(chosen, settings.pop("local_dir"))
+    settings.pop("during_training")
+    reward_fn = instantiate(settings.pop("reward"))
+    return {name: instantiate(source) for name, source in chosen.items()}, settings, reward_fn
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -65,15 +84,23 @@ def train(cfg: DictConfig) -> float | None:
         rollout=OmegaConf.to_container(cfg.rollout, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         micro_batch_size=cfg.optimizer.micro_batch_size,
-        dtype=cfg.model.dtype,
+        model_options=load_options(cfg.model),
     )
     config = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg.logger, tags=[*cfg.tags, objective.name], group=sweep_group(), config=config)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    benchmark_eval = None
+    if cfg.eval.during_training:
+        benchmarks, settings, reward_fn = eval_settings(cfg, list(cfg.eval.during_training))
+        benchmark_eval = BenchmarkEvaluation(benchmarks, reward_fn, **settings)
+        callbacks.append(benchmark_eval)
     trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
 
     initial = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     log.info("before training: %s", initial)
+    skipped = {f"data/skipped_rows/{split}": float(n) for split, n in getattr(datamodule.task, "skipped", {}).items()}
+    for logger in loggers:
+        logger.log_metrics(skipped, step=0)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if module.last_val_step != trainer.global_step:  # the last step had no validation yet
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -92,6 +119,8 @@ def train(cfg: DictConfig) -> float | None:
         algorithm=objective.name,
         seed=cfg.seed,
         policy_path=policy_path,
+        skipped_rows={key.rsplit("/", 1)[1]: int(n) for key, n in skipped.items()},
+        **({"benchmarks": dict(benchmark_eval.history[-1:])} if benchmark_eval and benchmark_eval.history else {}),
     )
     log.info("summary: %s", json.dumps(summary))
     finish_loggers(loggers)
@@ -100,16 +129,12 @@ def train(cfg: DictConfig) -> float | None:
 
 def evaluate(cfg: DictConfig, policy_path: str) -> float:
     """task=eval: the per-benchmark table of ``cfg.eval`` for the policy, printed, saved and logged."""
-    model, tokenizer = load_model_and_tokenizer(policy_path, dtype=cfg.model.dtype)
-    settings = OmegaConf.to_container(cfg.eval, resolve=True)
-    benchmarks = {name: instantiate(source) for name, source in settings.pop("benchmarks").items()}
+    benchmarks, settings, reward_fn = eval_settings(cfg)
+    model, tokenizer = load_model_and_tokenizer(policy_path, **load_options(cfg.model, inference=True))
+    if cfg.trainer.accelerator != "cpu" and torch.cuda.is_available():
+        model.to("cuda")
     results = evaluate_benchmarks(
-        model,
-        tokenizer,
-        benchmarks,
-        instantiate(cfg.reward),
-        **settings,
-        progress=lambda b: log.info("evaluating %s", b),
+        model, tokenizer, benchmarks, reward_fn, **settings, progress=lambda b: log.info("evaluating %s", b)
     )
     table = format_table(results)
     print(table)
@@ -119,9 +144,8 @@ def evaluate(cfg: DictConfig, policy_path: str) -> float:
     loggers = build_loggers(
         cfg.logger, tags=[*cfg.tags, "eval"], group=sweep_group(), config=OmegaConf.to_container(cfg, resolve=True)
     )
-    flat = {f"eval/{name}/{key}": value for name, row in results.items() for key, value in row.items()}
     for logger in loggers:
-        logger.log_metrics(flat, step=0)
+        logger.log_metrics(flatten(results), step=0)
     finish_loggers(loggers)
     return results["mean"]["avg@1"] if results else float("nan")
 

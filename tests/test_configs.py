@@ -103,3 +103,48 @@ def test_invalid_values_fail_at_instantiation(tmp_path, overrides, match):
     with pytest.raises(Exception, match=match):
         instantiate(cfg.algorithm)
         instantiate(cfg.data)
+
+
+PAPER = {  # arXiv 2505.15311, Sec. 4.1 and App. G: algorithm, n, lr, beta
+    "tbrm_n1": ("tbrm.objectives.TBRM", 1, 2.5e-6, 0.002),
+    "tbrm_n4": ("tbrm.objectives.TBRM", 4, 2.5e-6, 0.002),
+    "grpo_n4": ("tbrm.objectives.GRPO", 4, 1e-6, 0.001),
+    "ppo_n1": ("tbrm.objectives.PPO", 1, 1e-6, 0.001),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER))
+def test_paper_presets_carry_the_papers_hyper_parameters(tmp_path, preset):
+    target, n, lr, beta = PAPER[preset]
+    cfg = compose_cfg(tmp_path, [f"experiment=paper/{preset}"])
+    assert cfg.algorithm._target_ == target and cfg.algorithm.beta == beta
+    assert cfg.rollout.n == n and cfg.optimizer.lr == lr and cfg.data.batch_size == 128
+    assert (cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.trainer.max_steps) == (1.0, 2048, 760)
+    assert cfg.model.name_or_path == "Qwen/Qwen2.5-Math-1.5B" and cfg.model.attn_implementation == "sdpa"
+    assert cfg.model.inference_dtype == "bfloat16" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.data.task.train.name == "BytedTsinghua-SIA/DAPO-Math-17k" and cfg.data.task.train.dedupe
+    assert cfg.data.task.template == "qwen_math" and cfg.eval.template == "qwen_math"
+    assert cfg.reward._target_ == "tbrm.rewards.math_verify_reward"
+    assert (cfg.optimizer.warmup_steps, cfg.optimizer.min_lr_ratio) == (0, 1.0)  # constant lr
+    objective = instantiate(cfg.algorithm)
+    if objective.name == "tbrm":
+        assert objective.initial_value == "raw"
+    if objective.name == "ppo":
+        assert (cfg.algorithm.critic_lr, cfg.algorithm.entropy_coef, cfg.algorithm.epsilon) == (1e-5, 0.001, 0.2)
+    if objective.name == "grpo":
+        assert objective.group_size == 4 and cfg.algorithm.epsilon == 0.2
+    # the 7B model and a local copy of the weights are one override away
+    cfg = compose_cfg(tmp_path, [f"experiment=paper/{preset}", "model=qwen2_5_math_7b", "model.name_or_path=/m"])
+    assert cfg.model.name_or_path == "/m" and cfg.data.task.tokenizer == "/m" and cfg.optimizer.lr == lr
+
+
+def test_eval_protocol_is_the_papers(tmp_path):
+    """avg@32 at temperature 1.0 on AIME24 / AIME25 / AMC23, greedy avg@1 on the rest."""
+    cfg = compose_cfg(tmp_path)
+    assert list(cfg.eval.benchmarks) == [
+        "aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadbench", "gsm8k_test"
+    ]  # fmt: skip
+    assert cfg.eval.n_samples == 0 and dict(cfg.eval.samples) == {"aime24": 32, "aime25": 32, "amc23": 32}
+    assert cfg.eval.reward._target_ == "tbrm.rewards.math_verify_reward" and cfg.eval.template == "qwen_math"
+    svamp = compose_cfg(tmp_path, ["+data/source@eval.benchmarks.svamp=svamp"]).eval.benchmarks.svamp
+    assert svamp.name == "ChilleD/SVAMP"

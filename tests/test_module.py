@@ -41,7 +41,7 @@ def fit(module, steps=2, **trainer_kwargs):
     return trainer, recorder.metrics
 
 
-def make(tiny_model_dir, reward=exact_number_reward, micro_batch_size=None, objective=None):
+def make(tiny_model_dir, reward=exact_number_reward, micro_batch_size=None, objective=None, model_options=None):
     return RLModule(
         str(tiny_model_dir),
         objective or TBRM(beta=0.5),
@@ -49,6 +49,7 @@ def make(tiny_model_dir, reward=exact_number_reward, micro_batch_size=None, obje
         rollout=ROLLOUT,
         optimizer=OPTIM,
         micro_batch_size=micro_batch_size,
+        model_options=model_options,
     )
 
 
@@ -118,6 +119,31 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model_dir, obj
     assert any(g.abs().sum() > 0 for g in grads[0].values())
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradient_and_a_bf16_reference(tiny_model_dir):
+    """The presets' loading options: checkpointed policy and critic (same gradients as without),
+    float32 trained weights, the frozen reference in bf16."""
+    grads = []
+    for options in ({}, {"gradient_checkpointing": True, "inference_dtype": "bfloat16", "attn_implementation": "sdpa"}):
+        torch.manual_seed(0)
+        module = make(tiny_model_dir, reward=alternating_reward, objective=PPO(beta=0.1), model_options=options)
+        checkpointing = bool(options)
+        assert module.policy.is_gradient_checkpointing == checkpointing
+        assert module.critic.backbone.is_gradient_checkpointing == checkpointing
+        assert not module.ref_model.is_gradient_checkpointing
+        assert module.ref_model.dtype == (torch.bfloat16 if checkpointing else torch.float32)
+        assert module.policy.dtype == torch.float32 and module.policy.config._attn_implementation == "sdpa"
+        captured = {}
+        module.on_before_optimizer_step = lambda opt, captured=captured, m=module: captured.update(
+            {n: p.grad.clone() for n, p in m.policy.named_parameters() if p.grad is not None}
+        )
+        fit(module, steps=1)
+        grads.append(captured)
+    assert grads[0].keys() == grads[1].keys() and any(g.abs().sum() > 0 for g in grads[0].values())
+    # the same rollouts (same seed, same policy); only the reference's log-probs differ (bf16)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=2e-2, rtol=5e-2)
 
 
 def test_grpo_steps_with_several_updates_count_one_global_step_each(tiny_model_dir):

@@ -181,36 +181,104 @@ def test_math_data_from_local_files_with_a_saved_model(repo_root, math_data_dir,
     assert max(float(r["train/completions"]) for r in rows if r.get("train/completions")) == 8  # 2 steps x 4
 
 
-def test_eval_task_prints_and_logs_a_per_benchmark_table(repo_root, math_data_dir, tiny_model_dir, tmp_path):
-    """task=eval on a saved model: table printed, eval.json / eval.md written, W&B offline run logged."""
-    out = tmp_path / "out"
-    drop = ["aime24", "aime25", "amc23", "minerva_math", "olympiadbench"]
+def test_eval_task_over_every_local_benchmark_file_on_the_embedded_model(first_run, repo_root, math_data_dir):
+    """task=eval on the embedded default (its cached warm start) over every local benchmark file:
+    the table printed, eval.json / eval.md written, a W&B offline run logged. Rows are limited and
+    AIME24 / AMC23 take 4 samples instead of 32, for time; the protocol is the default one."""
+    tmp, _ = first_run
+    local = ["aime24", "amc23", "math500", "minerva_math", "olympiadbench", "gsm8k_test", "svamp"]
+    proc = run(
+        repo_root,
+        tmp,
+        "task=eval",
+        f"eval.local_dir={math_data_dir}",
+        "~eval.benchmarks.aime25",  # no local copy
+        "+data/source@eval.benchmarks.svamp=svamp",
+        *[f"eval.benchmarks.{name}.limit=3" for name in local],
+        "eval.samples.aime24=4",
+        "eval.samples.amc23=4",
+        "eval.k=[2,4]",
+    )
+    out = only((tmp / "logs/eval/runs").iterdir())
+    results = json.loads((out / "eval.json").read_text())["results"]
+    assert list(results) == [*local, "mean"] and results["mean"]["problems"] == 3 * len(local)
+    assert set(results["amc23"]) == {"avg@1", "avg@4", "pass@2", "pass@4", "score", "problems", "skipped"}
+    assert set(results["olympiadbench"]) == {"avg@1", "score", "problems", "skipped"}  # greedy only
+    assert "| benchmark | problems | avg@1 | avg@4 | pass@2 | pass@4 | score |" in proc.stdout
+    assert (out / "eval.md").read_text().strip() in proc.stdout and "| svamp | 3 |" in proc.stdout
+    wb = read_offline_run(only((out / "wandb").glob("offline-run-*")))
+    assert wb["summary"]["eval/math500/problems"] == 3 and "eval/mean/score" in wb["summary"]
+    assert "eval" in wb["tags"]
+
+
+def _dapo_copy(math_data_dir: Path, path: Path, rows: int = 16) -> Path:
+    """A DAPO-Math-17k-shaped file (chat prompt in DAPO's instruction wrapper, nested answer, each
+    problem twice as on the hub) built from MATH-500 problems."""
+    wrapper = (
+        "Solve the following math problem step by step. The last line of your response should be of the form "
+        "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{}\n\n"
+        'Remember to put your answer on its own line after "Answer:".'
+    )
+    out = []
+    for line in (math_data_dir / "math500.jsonl").read_text().splitlines()[:rows]:
+        row = json.loads(line)
+        prompt = [{"role": "user", "content": wrapper.format(row["problem"])}]
+        out.append({"prompt": prompt, "reward_model": {"ground_truth": row["answer"], "style": "rule"}})
+    path.write_text("".join(json.dumps(r) + "\n" for r in out + out))
+    return path
+
+
+def test_paper_presets_train_and_evaluate_on_a_local_qwen2_model(repo_root, math_data_dir, qwen2_model_dir, tmp_path):
+    """Each paper preset, as composed, on a random-init Qwen2 model saved with save_pretrained: 2 RL
+    steps and the benchmark evaluation during training, on CPU (bf16 autocast), in one multirun.
+    Only the sizes shrink: prompts per step, response length, validation and benchmark rows."""
+    sweep = tmp_path / "sweep"
     cmd = [
         sys.executable,
         "run.py",
-        "task=eval",
-        "reward=math_verify",
-        f"model.name_or_path={tiny_model_dir}",
-        *[f"~eval.benchmarks.{name}" for name in drop],
-        f"eval.benchmarks.math500.path={math_data_dir / 'math500.jsonl'}",
-        "eval.benchmarks.math500.limit=4",
-        f"eval.benchmarks.gsm8k_test.path={math_data_dir / 'gsm8k_test.jsonl'}",
-        "eval.benchmarks.gsm8k_test.limit=6",
-        "eval.n_samples=2",
-        "eval.k=[1,2]",
-        "rollout.max_new_tokens=4",
-        f"hydra.run.dir={out}",
+        "-m",
+        "experiment=paper/tbrm_n1,paper/tbrm_n4,paper/grpo_n4,paper/ppo_n1",
+        "data=dapo17k",  # as the presets say: lets the sweeper check the data overrides below
+        f"model.name_or_path={qwen2_model_dir}",
+        f"data.task.train.path={_dapo_copy(math_data_dir, tmp_path / 'dapo.jsonl')}",
+        f"data.task.validation.path={math_data_dir / 'math500.jsonl'}",
+        "data.task.validation.limit=4",
+        f"eval.local_dir={math_data_dir}",
+        "eval.benchmarks.aime24.limit=3",
+        "eval.benchmarks.amc23.limit=3",
+        "eval.samples.aime24=4",
+        "eval.samples.amc23=4",
+        "eval.k=[2,4]",
+        "data.batch_size=4",
+        "rollout.max_new_tokens=6",
+        "optimizer.micro_batch_size=4",
+        "trainer.accelerator=cpu",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "logger=csv",
+        f"hydra.sweep.dir={sweep}",
     ]
     proc = subprocess.run(
-        cmd, cwd=repo_root, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=600
+        cmd, cwd=repo_root, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=900
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads((out / "eval.json").read_text())["results"]
-    assert list(results) == ["math500", "gsm8k_test", "mean"]
-    assert results["math500"]["problems"] == 4 and results["mean"]["problems"] == 10
-    assert set(results["gsm8k_test"]) == {"avg@1", "avg@2", "pass@1", "pass@2", "problems"}
-    assert "| benchmark | problems | avg@1 | avg@2 | pass@1 | pass@2 |" in proc.stdout
-    assert (out / "eval.md").read_text().strip() in proc.stdout
-    wb = read_offline_run(only((out / "wandb").glob("offline-run-*")))
-    assert wb["summary"]["eval/math500/problems"] == 4 and "eval/mean/avg@1" in wb["summary"]
-    assert "eval" in wb["tags"]
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    for job, (preset, algorithm, n) in enumerate(
+        [("tbrm_n1", "tbrm", 1), ("tbrm_n4", "tbrm", 4), ("grpo_n4", "grpo", 4), ("ppo_n1", "ppo", 1)]
+    ):
+        out = sweep / str(job)
+        config = yaml.safe_load((out / ".hydra/config.yaml").read_text())
+        assert preset in config["tags"] and config["trainer"]["precision"] == "bf16-mixed"
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["steps"] == 2 and summary["algorithm"] == algorithm
+        assert summary["skipped_rows"] == {"train": 0, "validation": 0, "test": 0}
+        # the benchmark evaluation after the last step: avg@1 greedy, avg@4 and pass@k sampled
+        bench = summary["benchmarks"]["2"]
+        assert set(bench) == {"aime24", "amc23", "mean"} and bench["mean"]["problems"] == 6
+        assert set(bench["aime24"]) == {"avg@1", "avg@4", "pass@2", "pass@4", "score", "problems", "skipped"}
+        rows = list(csv.DictReader(open(out / "csv/metrics.csv")))
+        steps = sorted({int(r["step"]) for r in rows if r.get("eval/amc23/avg@4")})
+        assert steps == [0, 2]  # before training and at the end
+        assert max(float(r["train/completions"]) for r in rows if r.get("train/completions")) == 2 * 4 * n
+        assert any(r.get("data/skipped_rows/train") == "0.0" for r in rows)
+        # the deduplicated DAPO copy: 16 distinct problems, each read twice, prompts in the Qwen-Math format
+        assert "16 distinct questions (32 rows read)" in (out / "run.log").read_text()

@@ -37,7 +37,10 @@ class RLModule(L.LightningModule):
             samples at the same temperature and top-p).
         optimizer: ``lr, betas, weight_decay, warmup_steps, min_lr_ratio, grad_clip``.
         micro_batch_size: completions per forward/backward (gradients accumulate); None: all.
-        dtype: the models' dtype (``float32`` on CPU, ``bfloat16`` on GPU).
+        model_options: how the models load (``tbrm.models.loading.load_model_and_tokenizer``:
+            ``dtype``, ``attn_implementation``, ``gradient_checkpointing``, ``trust_remote_code``),
+            plus ``inference_dtype`` for the frozen reference (default: ``dtype``), which also
+            skips gradient checkpointing (it never runs a backward pass).
     """
 
     def __init__(
@@ -49,11 +52,14 @@ class RLModule(L.LightningModule):
         rollout: dict,
         optimizer: dict,
         micro_batch_size: int | None = None,
-        dtype: str = "float32",
+        model_options: dict | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
-        self.policy, self.tokenizer = load_model_and_tokenizer(policy_path, dtype=dtype)
+        options = dict(model_options or {})
+        ref_dtype = options.pop("inference_dtype", None) or options.get("dtype", "float32")
+        ref_options = {**options, "dtype": ref_dtype, "gradient_checkpointing": False}
+        self.policy, self.tokenizer = load_model_and_tokenizer(policy_path, **options)
         self.policy.train()  # from_pretrained returns eval mode; generate switches as it needs
         self.objective = objective
         self.reward_fn = reward_fn
@@ -65,10 +71,10 @@ class RLModule(L.LightningModule):
         self.train_time_s = 0.0
         self.last_val_step = -1
         # PPO's critic: a trained submodule with its own optimizer, checkpointed with the policy.
-        self.critic = ValueModel.from_pretrained(policy_path, dtype=dtype).train() if objective.needs_critic else None
+        self.critic = ValueModel.from_pretrained(policy_path, **options).train() if objective.needs_critic else None
         ref = None
         if objective.needs_reference:
-            ref, _ = load_model_and_tokenizer(policy_path, dtype=dtype)
+            ref, _ = load_model_and_tokenizer(policy_path, **ref_options)
             ref.eval().requires_grad_(False)
         # Kept outside the module tree: never optimised, never checkpointed (reloaded from source).
         self.__dict__["ref_model"] = ref

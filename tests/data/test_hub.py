@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tbrm.data.hub import DEFAULT_TEMPLATE, BadRowError, MathSource, MathTask, get_field, render_prompt
+from tbrm.data.hub import DEFAULT_TEMPLATE, BadRowError, MathSource, MathTask, get_any, get_field, render_prompt
 
 # local copy -> (source config, rows, first answer); counts from the data folder's README
 LOCAL = {
@@ -55,6 +55,50 @@ def test_nested_fields_as_in_dapo(tmp_path):
     assert source.records("Q: {question}")[0] == [
         {"prompt": "Q: What is 2+2?", "answer": "4", "question": "What is 2+2?"}
     ]
+
+
+DAPO_WRAPPER = (
+    "Solve the following math problem step by step. The last line of your response should be of the form "
+    "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{}\n\n"
+    'Remember to put your answer on its own line after "Answer:".'
+)
+
+
+def test_dapo_config_unwraps_questions_and_drops_repeats(repo_root, tmp_path):
+    """The hub's DAPO-Math-17k: DAPO's "Answer:" wrapper around each problem, every problem repeated."""
+    rows = [
+        {"prompt": [{"role": "user", "content": DAPO_WRAPPER.format(q)}], "reward_model": {"ground_truth": a}}
+        for q, a in [("What is $1+1$?\n\nGive a number.", "2"), ("Compute $3^2$.", "9")]
+    ]
+    rows.append(
+        {"prompt": [{"role": "user", "content": "An unwrapped question?"}], "reward_model": {"ground_truth": "1"}}
+    )
+    cfg = OmegaConf.load(repo_root / "conf/data/source/dapo17k.yaml")
+    cfg.path = str(_write(tmp_path / "dapo.jsonl", rows * 3))
+    records, skipped = instantiate(cfg).records()
+    assert [r["question"] for r in records] == [
+        "What is $1+1$?\n\nGive a number.",
+        "Compute $3^2$.",
+        "An unwrapped question?",
+    ]
+    assert [r["answer"] for r in records] == ["2", "9", "1"] and skipped == 0
+    cfg.dedupe = False
+    assert len(instantiate(cfg).records()[0]) == 9
+    with pytest.raises(ValueError, match="needs a group"):
+        MathSource(path="x.jsonl", question_regex="Answer:")
+    with pytest.raises(ValueError, match="not a regular expression"):
+        MathSource(path="x.jsonl", question_regex="(")
+
+
+def test_field_alternatives_read_either_schema(tmp_path):
+    """Minerva Math as on the hub (question, answer) and as some copies have it (problem, solution)."""
+    hub = {"question": "Q1", "answer": "1.6"}
+    local = {"problem": "Q2", "solution": "so $x = \\boxed{3}$.", "answer": ""}
+    assert get_any(hub, "question|problem") == "Q1" and get_any(local, "question|problem") == "Q2"
+    assert get_any(local, "answer|solution").endswith("$.") and get_any({}, "a|b") is None
+    source = MathSource(path=str(_write(tmp_path / "m.jsonl", [hub, local])), question="question|problem",
+                        answer="answer|solution", answer_format="boxed_if_any")  # fmt: skip
+    assert [(r["question"], r["answer"]) for r in source.records()[0]] == [("Q1", "1.6"), ("Q2", "3")]
 
 
 def test_bad_rows_fail_with_file_and_row_or_are_counted(tmp_path):

@@ -14,3 +14,11 @@ def test_missing_directory_and_bad_dtype_fail_clearly(tmp_path, tiny_model_dir):
         load_model_and_tokenizer(str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="model.dtype"):
         load_model_and_tokenizer(str(tiny_model_dir), dtype="float8")
+
+
+def test_attention_checkpointing_and_bad_attention(tiny_model_dir):
+    model, _ = load_model_and_tokenizer(str(tiny_model_dir), attn_implementation="eager", gradient_checkpointing=True)
+    assert model.config._attn_implementation == "eager" and model.is_gradient_checkpointing
+    assert not model.config.use_cache  # generate() asks for the cache itself
+    with pytest.raises(ValueError, match="model.attn_implementation"):
+        load_model_and_tokenizer(str(tiny_model_dir), attn_implementation="fast")

@@ -11,6 +11,7 @@ file and row named, or are skipped and counted when ``skip_bad_rows`` is set.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tbrm.rewards.math_answers import last_boxed
 
 log = logging.getLogger(__name__)
 
-ANSWER_FORMATS = ("field", "hash", "boxed", "first")
+ANSWER_FORMATS = ("field", "hash", "boxed", "boxed_if_any", "first")
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_TEMPLATE = "{question}\n" + BOXED_INSTRUCTION
@@ -63,6 +64,16 @@ def get_field(row: dict, name: str):
     return value
 
 
+def get_any(row: dict, names: str):
+    """The first of ``names`` (alternatives separated by ``|``, each as in :func:`get_field`) that
+    the row has and is not empty: ``question|problem`` reads either schema of a benchmark."""
+    for name in names.split("|"):
+        value = get_field(row, name.strip())
+        if value is not None and value != "":
+            return value
+    return None
+
+
 def _answer_text(value, answer_format: str) -> str | None:
     if answer_format == "first":
         if not isinstance(value, (list, tuple)) or not value:
@@ -80,6 +91,9 @@ def _answer_text(value, answer_format: str) -> str | None:
         return extract_hash_answer(value)
     if answer_format == "boxed":
         return last_boxed(value)
+    if answer_format == "boxed_if_any":
+        boxed = last_boxed(value)
+        value = boxed if boxed is not None else value
     return value.strip() or None
 
 
@@ -92,12 +106,19 @@ class MathSource:
         path: a local ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file; overrides ``name``.
         subset: the hub configuration (e.g. ``main`` for GSM8K).
         split: the hub split (a local file is read whole).
-        question: the question's field (dotted for nested ones: ``prompt.0.content``), or a format
-            string over top-level fields (``"{Body} {Question}"``).
-        answer: the gold answer's field (dotted for nested ones: ``reward_model.ground_truth``).
+        question: the question's field (dotted for nested ones: ``prompt.0.content``; ``a|b``: the
+            first of several that a row has), or a format string over top-level fields
+            (``"{Body} {Question}"``).
+        question_regex: when set and it matches, the question is its first group (e.g. the
+            problem inside DAPO's "Answer:" instruction wrapper); rows it does not match keep the
+            whole text.
+        answer: the gold answer's field (dotted, or ``a|b`` alternatives, as for ``question``).
         answer_format: ``field`` (as is) | ``hash`` (after ``####``) | ``boxed`` (last
-            ``\\boxed{}``) | ``first`` (first item of a list).
-        limit: keep the first ``limit`` rows (None: all).
+            ``\\boxed{}``) | ``boxed_if_any`` (last ``\\boxed{}`` when there is one, else as is) |
+            ``first`` (first item of a list).
+        dedupe: keep only the first row of each question (DAPO-Math-17k on the hub repeats its
+            17.4k problems about 100 times); the count dropped is logged.
+        limit: keep the first ``limit`` rows (None: all), before ``dedupe``.
     """
 
     name: str | None = None
@@ -107,9 +128,18 @@ class MathSource:
     question: str = "problem"
     answer: str = "answer"
     answer_format: str = "field"
+    question_regex: str | None = None
+    dedupe: bool = False
     limit: int | None = None
 
     def __post_init__(self) -> None:
+        if self.question_regex is not None:
+            try:
+                self._pattern = re.compile(self.question_regex, re.DOTALL)
+            except re.error as err:
+                raise ValueError(f"question_regex {self.question_regex!r} is not a regular expression: {err}") from err
+            if self._pattern.groups < 1:
+                raise ValueError(f"question_regex {self.question_regex!r} needs a group: (...) around the question.")
         if self.answer_format not in ANSWER_FORMATS:
             raise ValueError(f"answer_format must be one of {ANSWER_FORMATS} (got {self.answer_format!r}).")
         if not self.name and not self.path:
@@ -139,21 +169,27 @@ class MathSource:
 
     def _question(self, row: dict) -> str | None:
         try:
-            text = self.question.format(**row) if "{" in self.question else get_field(row, self.question)
+            text = self.question.format(**row) if "{" in self.question else get_any(row, self.question)
         except (KeyError, IndexError):
             return None
-        return text.strip() if isinstance(text, str) and text.strip() else None
+        if not isinstance(text, str) or not text.strip():
+            return None
+        if self.question_regex is not None:
+            match = self._pattern.search(text)
+            text = match.group(1) if match else text
+        return text.strip() or None
 
     def records(self, template: str = "plain", skip_bad_rows: bool = False, tokenizer=None) -> tuple[list[dict], int]:
         """``(records, skipped)``: prompt records of every good row, and how many rows were skipped.
 
         ``template`` and ``tokenizer`` as in :func:`render_prompt`."""
-        records, skipped = [], 0
-        for index, row in enumerate(self.load_rows()):
+        records, skipped, seen = [], 0, set()
+        rows = self.load_rows()
+        for index, row in enumerate(rows):
             question = self._question(row)
-            answer = _answer_text(get_field(row, self.answer), self.answer_format)
+            answer = _answer_text(get_any(row, self.answer), self.answer_format)
             if question is None or answer is None:
-                value = repr(get_field(row, self.answer))[:80]
+                value = repr(get_any(row, self.answer))[:80]
                 problem = (
                     f"no question in field {self.question!r}"
                     if question is None
@@ -162,15 +198,21 @@ class MathSource:
                 if not skip_bad_rows:
                     raise BadRowError(
                         f"{self.where}, row {index}: {problem}. Fix the row or the field mapping, or set "
-                        "data.task.skip_bad_rows=true to skip such rows."
+                        "skip_bad_rows=true (data.task.skip_bad_rows, eval.skip_bad_rows) to skip such rows."
                     )
                 skipped += 1
                 continue
+            if self.dedupe:
+                if question in seen:
+                    continue
+                seen.add(question)
             records.append(
                 {"prompt": render_prompt(question, template, tokenizer), "answer": answer, "question": question}
             )
         if skipped:
-            log.warning("%s: skipped %d bad rows of %d", self.where, skipped, skipped + len(records))
+            log.warning("%s: skipped %d bad rows", self.where, skipped)
+        if self.dedupe:
+            log.info("%s: %d distinct questions (%d rows read)", self.where, len(records), len(rows))
         return records, skipped
 
 

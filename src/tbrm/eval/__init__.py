@@ -2,6 +2,22 @@
 per-benchmark tables."""
 
 from tbrm.eval.accuracy import evaluate_accuracy, pass_at_k
-from tbrm.eval.benchmarks import evaluate_benchmarks, format_table
+from tbrm.eval.benchmarks import (
+    BenchmarkEvaluation,
+    evaluate_benchmarks,
+    flatten,
+    format_table,
+    load_benchmarks,
+    with_local_files,
+)
 
-__all__ = ["evaluate_accuracy", "evaluate_benchmarks", "format_table", "pass_at_k"]
+__all__ = [
+    "BenchmarkEvaluation",
+    "evaluate_accuracy",
+    "evaluate_benchmarks",
+    "flatten",
+    "format_table",
+    "load_benchmarks",
+    "pass_at_k",
+    "with_local_files",
+]

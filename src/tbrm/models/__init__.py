@@ -6,7 +6,22 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from tbrm.models.loading import load_model_and_tokenizer
+from tbrm.models.loading import LOAD_OPTIONS, load_model_and_tokenizer
+
+
+def load_options(model_cfg: DictConfig, *, inference: bool = False) -> dict:
+    """The keys of ``model/`` that say how to load the model (dtype, attention, checkpointing).
+
+    ``inference``: for a model that never trains (``task=eval``): ``inference_dtype``, no
+    gradient checkpointing. Otherwise ``inference_dtype`` is kept for the frozen reference.
+    """
+    options = {key: model_cfg[key] for key in LOAD_OPTIONS if key in model_cfg}
+    if inference:
+        options["dtype"] = model_cfg.get("inference_dtype") or options.get("dtype", "float32")
+        options["gradient_checkpointing"] = False
+    elif model_cfg.get("inference_dtype"):
+        options["inference_dtype"] = model_cfg.inference_dtype
+    return options
 
 
 def resolve_policy(model_cfg: DictConfig, task, task_cfg: DictConfig, cache_dir: str) -> str:
@@ -22,4 +37,4 @@ def resolve_policy(model_cfg: DictConfig, task, task_cfg: DictConfig, cache_dir:
     return str(prepare_warm_start(task, plain, arch, sft, Path(cache_dir)))
 
 
-__all__ = ["load_model_and_tokenizer", "resolve_policy"]
+__all__ = ["load_model_and_tokenizer", "load_options", "resolve_policy"]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
-from tbrm.models.loading import DTYPES
+from tbrm.models.loading import enable_gradient_checkpointing, pretrained_kwargs
 
 
 class ValueModel(nn.Module):
@@ -26,10 +26,23 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, dtype: str = "float32") -> ValueModel:
-        if dtype not in DTYPES:
-            raise ValueError(f"model.dtype must be one of {sorted(DTYPES)} (got {dtype!r}).")
-        return cls(AutoModel.from_pretrained(name_or_path, dtype=DTYPES[dtype]))
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        dtype: str = "float32",
+        attn_implementation: str | None = None,
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+    ) -> ValueModel:
+        """The backbone of ``name_or_path`` (loaded as the policy is, see ``tbrm.models.loading``)."""
+        kwargs = pretrained_kwargs(
+            name_or_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+        )
+        backbone = AutoModel.from_pretrained(name_or_path, **kwargs)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(backbone)
+        return cls(backbone)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
         """Values (batch, seq_len) in float32: position t holds V of the state after token t."""
