@@ -96,7 +96,7 @@ def train(cfg: DictConfig) -> float | None:
         callbacks.append(benchmark_eval)
     trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
 
-    initial = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    initial = (trainer.validate(module, datamodule=datamodule, verbose=False) or [{}])[0]  # [] when limit_val_batches=0
     log.info("before training: %s", initial)
     skipped = {f"data/skipped_rows/{split}": float(n) for split, n in getattr(datamodule.task, "skipped", {}).items()}
     for logger in loggers:

@@ -29,52 +29,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
-QWEN_CHAT_TEMPLATE = (
-    "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-
-
 @pytest.fixture(scope="session")
 def qwen2_model_dir(tmp_path_factory) -> Path:
-    """A random-init model of the Qwen2 architecture (2 layers, grouped-query attention, tied
-    embeddings) and a byte-level BPE ``Qwen2Tokenizer`` with ChatML special tokens and a chat
-    template, written with save_pretrained: the paper presets' loading path without the weights."""
-    import json
+    """A tiny random-init model of the Qwen2 architecture and a byte-level BPE Qwen2Tokenizer with
+    a chat template, written with save_pretrained (``tbrm.models.standin``)."""
+    from tbrm.models.standin import save_qwen2_standin
 
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2TokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    corpus = [f"Find $x$ if $x^{i} + {i}x = {i * i}$. The answer is \\boxed{{{i}}}." for i in range(200)]
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(corpus, trainer)
-    state = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in state["merges"]]
-    tokenizer = Qwen2TokenizerFast(vocab=state["vocab"], merges=merges)
-    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
-    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=64,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    path = tmp_path_factory.mktemp("qwen2_model")
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_qwen2_standin(tmp_path_factory.mktemp("qwen2_model"), "tiny", dtype="float32")
 
 
 @pytest.fixture(autouse=True)

@@ -52,6 +52,25 @@ def test_behavior_log_probs_match_a_forward_pass(model_and_tokenizer, temperatur
     torch.testing.assert_close(log_probs, out.behavior_log_probs, atol=2e-4, rtol=1e-4)
 
 
+def test_top_p_is_applied_before_the_behaviour_log_probs_are_read(model_and_tokenizer):
+    """With a nucleus of one token, sampling is greedy and every sampled token had probability 1;
+    a model's own generation defaults (here top-k 1) never narrow the distribution further."""
+    model, tokenizer = model_and_tokenizer
+    greedy = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, greedy=True, max_new_tokens=8)
+    torch.manual_seed(0)
+    nucleus = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, top_p=1e-6, max_new_tokens=8)
+    assert torch.equal(nucleus.completion_ids, greedy.completion_ids)
+    assert torch.all(nucleus.behavior_log_probs == 0)
+    model.generation_config.top_k = 1
+    try:
+        torch.manual_seed(0)
+        wide = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, n=4, max_new_tokens=8)
+    finally:
+        model.generation_config.top_k = None
+    assert torch.all(wide.behavior_log_probs[wide.completion_mask.bool()] < 0)  # not top-1: p < 1
+    assert len(set(wide.completions)) > 1
+
+
 def test_initial_value_is_logsumexp_at_last_prompt_position(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     out = generate_rollouts(model, tokenizer, PROMPTS[:1], ANSWERS[:1], greedy=True, max_new_tokens=5)
@@ -82,3 +101,17 @@ def test_greedy_is_deterministic(model_and_tokenizer):
     a = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, greedy=True, max_new_tokens=8)
     b = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, greedy=True, max_new_tokens=8)
     assert a.completions == b.completions
+
+
+def test_detached_entropy_in_chunks_equals_the_whole(model_and_tokenizer, monkeypatch):
+    import tbrm.rollout.hf as hf
+
+    model, tokenizer = model_and_tokenizer
+    torch.manual_seed(2)
+    out = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, max_new_tokens=10)
+    _, _, whole = completion_logprobs(model, out, with_entropy=True, entropy_grad=True)
+    monkeypatch.setattr(hf, "ENTROPY_CHUNK", 3)
+    with torch.no_grad():
+        _, _, chunked = completion_logprobs(model, out, with_entropy=True, temperature=1.0)
+    assert chunked.shape == whole.shape and not chunked.requires_grad
+    torch.testing.assert_close(chunked, whole.detach(), atol=1e-5, rtol=1e-5)

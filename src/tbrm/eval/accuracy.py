@@ -33,27 +33,34 @@ def evaluate_accuracy(
     batch_size: int = 250,
 ) -> dict[str, float]:
     """Greedy accuracy and, with ``n_samples`` > 0, mean accuracy of sampled completions and
-    pass@k for each ``k`` <= ``n_samples``. Returns ``{"accuracy", "accuracy_sampled", "pass@k"}``."""
+    pass@k for each ``k`` <= ``n_samples``. Returns ``{"accuracy", "accuracy_sampled", "pass@k"}``.
+
+    ``batch_size`` bounds the completions of one generate call (``batch_size // n_samples``
+    prompts per sampled call), so memory does not grow with ``n_samples``."""
     greedy, sampled, per_prompt = [], [], []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         prompts, answers = [r["prompt"] for r in chunk], [r["answer"] for r in chunk]
         out = generate_rollouts(model, tokenizer, prompts, answers, greedy=True, max_new_tokens=max_new_tokens)
         greedy += reward_fn(out.completions, out.answers)
-        if n_samples:
-            out = generate_rollouts(
-                model,
-                tokenizer,
-                prompts,
-                answers,
-                n=n_samples,
-                temperature=temperature,
-                top_p=top_p,
-                max_new_tokens=max_new_tokens,
-            )
-            rewards = reward_fn(out.completions, out.answers)
-            sampled += rewards
-            per_prompt += [sum(r > 0 for r in rewards[i : i + n_samples]) for i in range(0, len(rewards), n_samples)]
+    # batch_size counts completions: n_samples of each prompt go in the same call
+    per_call = max(1, batch_size // max(n_samples, 1))
+    for start in range(0, len(records) if n_samples else 0, per_call):
+        chunk = records[start : start + per_call]
+        prompts, answers = [r["prompt"] for r in chunk], [r["answer"] for r in chunk]
+        out = generate_rollouts(
+            model,
+            tokenizer,
+            prompts,
+            answers,
+            n=n_samples,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+        )
+        rewards = reward_fn(out.completions, out.answers)
+        sampled += rewards
+        per_prompt += [sum(r > 0 for r in rewards[i : i + n_samples]) for i in range(0, len(rewards), n_samples)]
     metrics = {"accuracy": sum(greedy) / max(len(greedy), 1)}
     if n_samples:
         metrics["accuracy_sampled"] = sum(sampled) / len(sampled)

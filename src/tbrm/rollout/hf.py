@@ -12,6 +12,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+
+class BehaviorLogProbs(LogitsProcessor):
+    """The log-probability of each sampled token under the distribution it was drawn from.
+
+    Placed last among the logits processors, it sees the scores exactly as sampled (after
+    temperature and top-p); at each step it reads the token the previous step drew from the
+    growing ``input_ids``. It keeps one step of scores, (batch, vocab), not one per step: with a
+    151,936-token vocabulary, 128 completions and 2,048 steps, every step's scores would take
+    160 GB.
+    """
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def _record(self, tokens: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(1, tokens[:, None]).squeeze(1))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._record(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float(), -1)
+        return scores
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        """(batch, steps) log-probs, given the tokens the last step drew."""
+        self._record(last_tokens)
+        self.previous = None
+        return torch.stack(self.steps, dim=1)
 
 
 @dataclass
@@ -92,34 +123,35 @@ def generate_rollouts(
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
     was_training = model.training
     model.eval()
+    # Temperature and top-p run here, before the recorder, so that it sees the sampled
+    # distribution; generate itself adds no warper (temperature 1, top-p 1, top-k 0).
+    recorder = BehaviorLogProbs()
+    processors = LogitsProcessorList()
+    if not greedy and temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(temperature))
+    if not greedy and top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
+    processors.append(recorder)
     out = model.generate(
         input_ids=enc["input_ids"],
         attention_mask=enc["attention_mask"],
         do_sample=not greedy,
-        temperature=temperature if not greedy else None,
-        top_p=top_p if not greedy else None,
-        top_k=None,
+        temperature=1.0 if not greedy else None,
+        top_p=1.0 if not greedy else None,
+        top_k=0 if not greedy else None,
+        logits_processor=processors,
         max_new_tokens=max_new_tokens,
         num_return_sequences=n,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         use_cache=True,
         return_dict_in_generate=True,
-        output_scores=True,
     )
     model.train(was_training)
     prompt_len = enc["input_ids"].shape[1]
     completion_ids = out.sequences[:, prompt_len:]
     mask = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
-    # out.scores are the processed logits (after temperature / top-p) each token was sampled from;
-    # normalise one step at a time so no (batch, len, vocab) float32 tensor is materialised.
-    behavior = torch.stack(
-        [
-            torch.log_softmax(s.float(), -1).gather(1, completion_ids[:, t : t + 1]).squeeze(1)
-            for t, s in enumerate(out.scores)
-        ],
-        dim=1,
-    )
+    behavior = recorder.finish(completion_ids[:, -1])
     behavior = torch.nan_to_num(behavior, neginf=0.0) * mask
     completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
@@ -133,6 +165,9 @@ def generate_rollouts(
         answers=[a for a in answers for _ in range(n)],
         completions=texts,
     )
+
+
+ENTROPY_CHUNK = 256  # positions per chunk of the detached entropy
 
 
 def model_inputs(batch: RolloutBatch) -> dict[str, torch.Tensor]:
@@ -170,10 +205,19 @@ def completion_logprobs(
     lse = torch.logsumexp(logits, -1)
     log_probs = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1) - lse
     entropy = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            probs = torch.softmax(logits, -1)
-            entropy = lse - (probs * logits).sum(-1)
+    if with_entropy and entropy_grad and torch.is_grad_enabled():
+        entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)
+    elif with_entropy:  # a logged figure: chunks of positions, so no (batch, len, vocab) copies pile up
+        with torch.no_grad():
+            entropy = torch.cat(
+                [
+                    lse[:, i : i + ENTROPY_CHUNK] - (torch.softmax(chunk, -1) * chunk).sum(-1)
+                    for i, chunk in (
+                        (i, logits[:, i : i + ENTROPY_CHUNK]) for i in range(0, response_len, ENTROPY_CHUNK)
+                    )
+                ],
+                dim=1,
+            )
     return log_probs * batch.completion_mask, initial_value, entropy
 
 
