@@ -276,7 +276,7 @@ def test_paper_presets_train_and_evaluate_on_a_local_qwen2_model(repo_root, math
         assert set(bench) == {"aime24", "amc23", "mean"} and bench["mean"]["problems"] == 6
         assert set(bench["aime24"]) == {"avg@1", "avg@4", "pass@2", "pass@4", "score", "problems", "skipped"}
         rows = list(csv.DictReader(open(out / "csv/metrics.csv")))
-        steps = sorted({int(r["step"]) for r in rows if r.get("eval/amc23/avg@4")})
+        steps = sorted({int(r["step"]) for r in rows if r.get("val/amc23/avg@4")})
         assert steps == [0, 2]  # before training and at the end
         assert max(float(r["train/completions"]) for r in rows if r.get("train/completions")) == 2 * 4 * n
         assert any(r.get("data/skipped_rows/train") == "0.0" for r in rows)

@@ -147,13 +147,14 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 
 def flatten(results: dict[str, dict[str, float]], prefix: str = "eval") -> dict[str, float]:
-    """``{"eval/<benchmark>/<metric>": value}``: the names logged to W&B and CSV."""
+    """``{"<prefix>/<benchmark>/<metric>": value}``: the names logged to W&B and CSV (``eval/`` by
+    ``task=eval``, ``val/`` during training)."""
     return {f"{prefix}/{name}/{key}": value for name, row in results.items() for key, value in row.items()}
 
 
 class BenchmarkEvaluation(L.Callback):
     """The benchmark evaluation at every Lightning validation (before training, every
-    ``val_check_interval`` steps, at the end), logged as ``eval/<benchmark>/<metric>`` at the
+    ``val_check_interval`` steps, at the end), logged as ``val/<benchmark>/<metric>`` at the
     trainer's step. Rank zero evaluates; other ranks wait. ``history`` keeps ``(step, results)``.
 
     Args:
@@ -198,5 +199,5 @@ class BenchmarkEvaluation(L.Callback):
             log.info("benchmarks at step %d:\n%s", trainer.global_step, format_table(results))
             self.history.append((trainer.global_step, results))
             for logger in trainer.loggers:
-                logger.log_metrics(flatten(results), step=trainer.global_step)
+                logger.log_metrics(flatten(results, "val"), step=trainer.global_step)
         trainer.strategy.barrier("benchmark_evaluation")
