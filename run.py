@@ -74,8 +74,10 @@ def train(cfg: DictConfig) -> float | None:
         return None
     if cfg.task == "eval":
         return evaluate(cfg, policy_path)
+    if cfg.task == "generate":
+        return generate(cfg, policy_path, datamodule.task)
     if cfg.task != "train":
-        raise ValueError(f"task must be one of ['train', 'sft', 'eval'] (got {cfg.task!r}).")
+        raise ValueError(f"task must be one of ['train', 'sft', 'eval', 'generate'] (got {cfg.task!r}).")
 
     module = RLModule(
         policy_path,
@@ -85,6 +87,7 @@ def train(cfg: DictConfig) -> float | None:
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         micro_batch_size=cfg.optimizer.micro_batch_size,
         model_options=load_options(cfg.model),
+        replay=instantiate(cfg.replay) if cfg.get("replay") else None,
     )
     config = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg.logger, tags=[*cfg.tags, objective.name], group=sweep_group(), config=config)
@@ -99,6 +102,9 @@ def train(cfg: DictConfig) -> float | None:
     initial = (trainer.validate(module, datamodule=datamodule, verbose=False) or [{}])[0]  # [] when limit_val_batches=0
     log.info("before training: %s", initial)
     skipped = {f"data/skipped_rows/{split}": float(n) for split, n in getattr(datamodule.task, "skipped", {}).items()}
+    if hasattr(datamodule, "trajectories"):  # data=trajectories: its rows are read at the first step
+        datamodule.trajectories()
+        skipped["data/skipped_rows/trajectories"] = float(datamodule.skipped)
     for logger in loggers:
         logger.log_metrics(skipped, step=0)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -148,6 +154,59 @@ def evaluate(cfg: DictConfig, policy_path: str) -> float:
         logger.log_metrics(flatten(results), step=0)
     finish_loggers(loggers)
     return results["mean"]["avg@1"] if results else float("nan")
+
+
+def generate(cfg: DictConfig, policy_path: str, task) -> None:
+    """task=generate: completions for a task split from the policy, written with their rewards as
+    trajectory records (one shard per generate call, each atomic), with a progress bar."""
+    from tqdm import tqdm
+
+    from tbrm.data.trajectories import TrajectoryWriter, records_from_rollout
+    from tbrm.rollout.hf import generate_rollouts
+
+    settings = cfg.generate
+    splits = task.splits()
+    if settings.split not in splits or not splits[settings.split]:
+        raise ValueError(f"generate.split {settings.split!r} is empty or unknown; use one of {sorted(splits)}.")
+    if settings.n < 1 or settings.batch_size < settings.n:
+        raise ValueError(
+            f"generate.n must be >= 1 and generate.batch_size >= generate.n (got {settings.n}, {settings.batch_size})."
+        )
+    records = splits[settings.split][: settings.limit]
+    model, tokenizer = load_model_and_tokenizer(policy_path, **load_options(cfg.model, inference=True))
+    if cfg.trainer.accelerator != "cpu" and torch.cuda.is_available():
+        model.to("cuda")
+    reward_fn = instantiate(cfg.reward)
+    writer = TrajectoryWriter(settings.dirpath, settings.format)
+    per_call = settings.batch_size // settings.n
+    written, correct = 0, 0.0
+    with tqdm(total=len(records) * settings.n, desc="generating", unit="completion") as bar:
+        for shard, start in enumerate(range(0, len(records), per_call)):
+            chunk = records[start : start + per_call]
+            rollout = generate_rollouts(
+                model,
+                tokenizer,
+                [r["prompt"] for r in chunk],
+                [r["answer"] for r in chunk],
+                n=settings.n,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                max_new_tokens=settings.max_new_tokens,
+            )
+            rewards = [float(r) for r in reward_fn(rollout.completions, rollout.answers)]
+            meta = {
+                "policy": str(policy_path),
+                "step": None,
+                "temperature": settings.temperature,
+                "top_p": settings.top_p,
+            }
+            rows = records_from_rollout(rollout, rewards, eos_token_id=tokenizer.eos_token_id, **meta)
+            writer.write(rows, step=shard)
+            written += len(rows)
+            correct += sum(r > 0 for r in rewards)
+            bar.update(len(rows))
+            bar.set_postfix(accuracy=f"{correct / written:.3f}")
+    log.info("wrote %d trajectories (accuracy %.3f) to %s", written, correct / max(written, 1), settings.dirpath)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -23,8 +23,9 @@ class Recorder(L.Callback):
         self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
 
 
-def fit(module, steps=2, **trainer_kwargs):
-    datamodule = PromptDataModule(ArithmeticTask(b_digits=1, num_val=8, num_test=8), batch_size=4, val_batch_size=8)
+def fit(module, steps=2, datamodule=None, **trainer_kwargs):
+    task = ArithmeticTask(b_digits=1, num_val=8, num_test=8)
+    datamodule = datamodule or PromptDataModule(task, batch_size=4, val_batch_size=8)
     recorder = Recorder()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -41,7 +42,9 @@ def fit(module, steps=2, **trainer_kwargs):
     return trainer, recorder.metrics
 
 
-def make(tiny_model_dir, reward=exact_number_reward, micro_batch_size=None, objective=None, model_options=None):
+def make(
+    tiny_model_dir, reward=exact_number_reward, micro_batch_size=None, objective=None, model_options=None, replay=None
+):
     return RLModule(
         str(tiny_model_dir),
         objective or TBRM(beta=0.5),
@@ -50,6 +53,7 @@ def make(tiny_model_dir, reward=exact_number_reward, micro_batch_size=None, obje
         optimizer=OPTIM,
         micro_batch_size=micro_batch_size,
         model_options=model_options,
+        replay=replay,
     )
 
 
@@ -246,3 +250,68 @@ def test_ppo_resumes_policy_critic_and_both_optimizers_from_a_checkpoint(tiny_mo
     restored.load_state_dict(saved["state_dict"])
     for name, tensor in module.critic.state_dict().items():
         torch.testing.assert_close(restored.critic.state_dict()[name], tensor)
+
+
+def _trajectory_file(tiny_model_dir, tmp_path, n=2, with_behavior=True):
+    """Trajectories sampled from the tiny model, dumped as a run would dump them."""
+    from tbrm.data.trajectories import TrajectoryWriter, records_from_rollout
+    from tbrm.models.loading import load_model_and_tokenizer
+    from tbrm.rollout import generate_rollouts
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
+    prompts = [r["prompt"] for r in ArithmeticTask(b_digits=1, num_val=8, num_test=8).splits()["train"][:8]]
+    torch.manual_seed(0)
+    rollout = generate_rollouts(model, tokenizer, prompts, ["1"] * len(prompts), n=n, max_new_tokens=8)
+    records = records_from_rollout(rollout, [float(i % 2) for i in range(len(rollout))],
+                                   eos_token_id=tokenizer.eos_token_id, temperature=1.0)  # fmt: skip
+    if not with_behavior:
+        records = [{**r, "behavior_logprobs": None} for r in records]
+    TrajectoryWriter(tmp_path / "traj").write(records, step=0)
+    return str(tmp_path / "traj")
+
+
+def test_training_from_stored_trajectories_generates_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    from tbrm.data.trajectories import TrajectoryDataModule
+
+    path = _trajectory_file(tiny_model_dir, tmp_path, n=1)
+    module = make(tiny_model_dir, objective=TBRM(beta=0.5))
+    before = {k: v.clone() for k, v in module.policy.state_dict().items()}
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("training from a file must not generate")
+
+    monkeypatch.setattr("tbrm.module.generate_rollouts", no_generation)
+    task = ArithmeticTask(b_digits=1, num_val=8, num_test=8)
+    trainer, metrics = fit(module, steps=2, datamodule=TrajectoryDataModule(task, path, batch_size=4))
+    assert trainer.global_step == 2 and module.generated == 0
+    assert metrics[-1]["train/generated"] == 0 and metrics[-1]["train/completions"] == 8
+    # one pass over the 8 stored trajectories, half rewarded: the stored rewards, not recomputed ones
+    assert (metrics[0]["train/reward_mean"] + metrics[1]["train/reward_mean"]) / 2 == 0.5
+    assert any(not torch.equal(before[k], v) for k, v in module.policy.state_dict().items())
+
+
+def test_ratio_objectives_need_stored_behaviour_log_probs(tiny_model_dir, tmp_path):
+    from tbrm.data.trajectories import TrajectoryDataModule
+
+    path = _trajectory_file(tiny_model_dir, tmp_path, n=2, with_behavior=False)
+    task = ArithmeticTask(b_digits=1, num_val=8, num_test=8)
+    module = make(tiny_model_dir, objective=GRPO(group_size=2, beta=0.0))
+    with pytest.raises(ValueError, match="grpo needs the behaviour log-probs .* 4 of 4 stored trajectories"):
+        fit(module, steps=1, datamodule=TrajectoryDataModule(task, path, batch_size=4, group_size=2))
+    path = _trajectory_file(tiny_model_dir, tmp_path / "b", n=2)
+    module = make(tiny_model_dir, objective=GRPO(group_size=2, beta=0.0))
+    trainer, metrics = fit(module, steps=2, datamodule=TrajectoryDataModule(task, path, batch_size=4, group_size=2))
+    assert trainer.global_step == 2 and metrics[-1]["grpo/ratio_mean"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_replay_answers_a_share_of_each_step_from_older_rollouts(tiny_model_dir):
+    from tbrm.data.replay import ReplayBuffer
+
+    torch.manual_seed(0)
+    buffer = ReplayBuffer(capacity=64, max_age=2, fraction=0.5)
+    module = make(tiny_model_dir, reward=alternating_reward, replay=buffer)  # 4 prompts x n=2 per step
+    trainer, metrics = fit(module, steps=3)
+    # step 0: the buffer is empty, 4 prompts fresh; steps 1, 2: 2 groups replayed, 2 prompts fresh
+    assert module.generated == 8 + 4 + 4 and metrics[-1]["train/completions"] == 24
+    assert metrics[1]["replay/drawn"] == 4 and metrics[1]["replay/age_mean"] == 1
+    assert len(buffer) == 16 and "replay/drawn" not in metrics[0]

@@ -47,7 +47,7 @@ def only(paths):
 @pytest.fixture(scope="module")
 def first_run(repo_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    run(repo_root, tmp, "seed=3", "algorithm.beta=0.2")
+    run(repo_root, tmp, "seed=3", "algorithm.beta=0.2", "callbacks.rollout_dump.enabled=true")
     return tmp, only((tmp / "logs/train/runs").iterdir())
 
 
@@ -209,6 +209,43 @@ def test_eval_task_over_every_local_benchmark_file_on_the_embedded_model(first_r
     wb = read_offline_run(only((out / "wandb").glob("offline-run-*")))
     assert wb["summary"]["eval/math500/problems"] == 3 and "eval/mean/score" in wb["summary"]
     assert "eval" in wb["tags"]
+
+
+def test_a_runs_dumped_rollouts_train_another_run_without_generation(first_run, repo_root):
+    """The first run dumped its 4 steps x 16 rollouts; a TBRM run trains on them and generates nothing."""
+    tmp, out = first_run
+    shards = sorted((out / "rollouts").iterdir())
+    assert [p.name for p in shards] == [f"rollouts-step{s:06d}-rank0.jsonl" for s in range(4)]
+    rows = [json.loads(line) for line in shards[0].read_text().splitlines()]
+    assert len(rows) == 16 and rows[0]["step"] == 0 and rows[0]["policy"].endswith(tuple("0123456789abcdef"))
+    assert all(len(r["behavior_logprobs"]) == len(r["completion_ids"]) > 0 for r in rows)
+    dest = tmp / "from_dump"
+    run(repo_root, tmp, "data=trajectories", f"data.path={out / 'rollouts'}", f"hydra.run.dir={dest}")
+    metrics = list(csv.DictReader(open(dest / "csv/metrics.csv")))
+    generated = [float(r["train/generated"]) for r in metrics if r.get("train/generated")]
+    assert len(generated) == 4 and set(generated) == {0.0}
+    assert json.loads((dest / "summary.json").read_text())["steps"] == 4
+
+
+def test_task_generate_writes_trajectories_grpo_trains_on(first_run, repo_root):
+    """task=generate samples groups with rewards and behaviour log-probs; GRPO trains on the file."""
+    tmp, _ = first_run
+    gen = tmp / "generate"
+    proc = run(repo_root, tmp, "task=generate", "generate.n=2", "generate.limit=16", "generate.batch_size=8",
+               f"hydra.run.dir={gen}")  # fmt: skip
+    assert "generating" in proc.stderr and "wrote 32 trajectories" in proc.stderr + proc.stdout
+    rows = [json.loads(line) for p in sorted((gen / "trajectories").iterdir()) for line in p.read_text().splitlines()]
+    assert len(rows) == 32 and rows[0]["prompt"] == rows[1]["prompt"] != rows[2]["prompt"]
+    assert {r["reward"] for r in rows} <= {0.0, 1.0} and rows[0]["temperature"] == 1.0
+    dest = tmp / "grpo_from_file"
+    run(repo_root, tmp, "data=trajectories", f"data.path={gen / 'trajectories'}", "algorithm=grpo", "rollout.n=2",
+        "data.batch_size=8", f"hydra.run.dir={dest}")  # fmt: skip
+    metrics = [r for r in csv.DictReader(open(dest / "csv/metrics.csv")) if r.get("train/generated")]
+    assert [float(r["train/generated"]) for r in metrics] == [0.0] * 4
+    assert float(metrics[0]["grpo/ratio_mean"]) == pytest.approx(1.0, abs=1e-3)  # stored = current policy
+    bad = run(repo_root, tmp, "data=trajectories", f"data.path={gen / 'trajectories'}", "algorithm=grpo",
+              "rollout.n=4", "data.batch_size=8", check=False)  # fmt: skip
+    assert bad.returncode != 0 and "one prompt's group of 4" in bad.stderr
 
 
 def _dapo_copy(math_data_dir: Path, path: Path, rows: int = 16) -> Path:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
+from tbrm.data.trajectories import records_from_rollout, to_rollout_batch
 from tbrm.models.critic import ValueModel
 from tbrm.models.loading import load_model_and_tokenizer
 from tbrm.objectives.common import aggregation_weight, masked_mean, sequence_kl
@@ -41,6 +42,11 @@ class RLModule(L.LightningModule):
             ``dtype``, ``attn_implementation``, ``gradient_checkpointing``, ``trust_remote_code``),
             plus ``inference_dtype`` for the frozen reference (default: ``dtype``), which also
             skips gradient checkpointing (it never runs a backward pass).
+        replay: a ``tbrm.data.replay.ReplayBuffer`` that supplies ``replay.fraction`` of each
+            step's prompts from past rollouts (None: every completion is fresh).
+
+    Batches of stored trajectories (``data=trajectories``: a ``records`` key) are trained on as
+    they are, with their stored rewards: no generation.
     """
 
     def __init__(
@@ -53,6 +59,7 @@ class RLModule(L.LightningModule):
         optimizer: dict,
         micro_batch_size: int | None = None,
         model_options: dict | None = None,
+        replay=None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -67,6 +74,10 @@ class RLModule(L.LightningModule):
         self.optim_cfg = dict(optimizer)
         self.micro_batch_size = micro_batch_size
         self.completions_seen = 0
+        self.generated = 0  # completions sampled during training (0 when training from a file)
+        self.last_generated = None  # (rollout, rewards, step) of the newest fresh completions
+        self.replay = replay
+        self.policy_id = str(policy_path)
         self.tokens_seen = 0
         self.train_time_s = 0.0
         self.last_val_step = -1
@@ -109,10 +120,76 @@ class RLModule(L.LightningModule):
                 parts.append([t if t.dim() == 1 else torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in out])
         return [torch.cat(column) for column in zip(*parts, strict=True)]
 
+    def _check_stored(self, records: list[dict], where: str) -> None:
+        """Stored trajectories must carry what the objective needs (behaviour log-probs for ratios,
+        sampled at the temperature the update scales by)."""
+        if not self.objective.needs_behavior_log_probs:
+            return
+        missing = sum(r.get("behavior_logprobs") is None for r in records)
+        if missing:
+            raise ValueError(
+                f"{self.objective.name} needs the behaviour log-probs of every trajectory for its ratios, but "
+                f"{missing} of {len(records)} {where} have none; dump rollouts from a run (callbacks.rollout_dump) "
+                "or use task=generate, which store them, or train with algorithm=tbrm."
+            )
+        temperature = self.rollout_cfg["temperature"]
+        other = {r["temperature"] for r in records if r.get("temperature") not in (None, temperature)}
+        if other:
+            raise ValueError(
+                f"{where} were sampled at temperature {sorted(other)} but rollout.temperature is {temperature}; "
+                f"{self.objective.name}'s ratios need them equal: set rollout.temperature={sorted(other)[0]}."
+            )
+
+    def _rollouts(self, batch: dict) -> tuple[RolloutBatch, torch.Tensor]:
+        """The step's completions and rewards: stored trajectories as they are, or fresh rollouts
+        (for ``1 - replay.fraction`` of the prompts) plus groups drawn from the replay buffer."""
+        step = self.global_step
+        if "records" in batch:
+            self._check_stored(batch["records"], "stored trajectories")
+            rewards = torch.tensor([r["reward"] for r in batch["records"]], device=self.device)
+            return to_rollout_batch(batch["records"], self.tokenizer, self.device), rewards
+        prompts, answers = batch["prompt"], batch["answer"]
+        drawn = []
+        if self.replay is not None:
+            drawn = self.replay.sample(round(len(prompts) * self.replay.fraction), step)
+            keep = len(prompts) - len(drawn)
+            prompts, answers = prompts[:keep], answers[:keep]
+        rollout = generate_rollouts(self.policy, self.tokenizer, prompts, answers, **self.rollout_cfg)
+        rewards = self.score(rollout)
+        self.generated += len(rollout)
+        self.last_generated = (rollout, rewards, step)
+        if self.replay is None:
+            return rollout, rewards
+        fresh = records_from_rollout(rollout, rewards.tolist(), **self._record_meta(step))
+        n = self.rollout_cfg.get("n", 1)
+        self.replay.add([fresh[i : i + n] for i in range(0, len(fresh), n)], step)
+        if not drawn:
+            return rollout, rewards
+        old = [r for _, group in drawn for r in group]
+        self._check_stored(old, "replayed trajectories")
+        self._replay_stats = {
+            "replay/size": float(len(self.replay)),
+            "replay/drawn": float(len(old)),
+            "replay/age_mean": sum(step - s for s, g in drawn for _ in g) / len(old),
+        }
+        records = fresh + old
+        rewards = torch.tensor([r["reward"] for r in records], device=self.device)
+        return to_rollout_batch(records, self.tokenizer, self.device), rewards
+
+    def _record_meta(self, step: int) -> dict:
+        cfg = self.rollout_cfg
+        return {
+            "eos_token_id": self.tokenizer.eos_token_id,
+            "policy": self.policy_id,
+            "step": step,
+            "temperature": cfg.get("temperature"),
+            "top_p": cfg.get("top_p"),
+        }
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         t0 = time.perf_counter()
-        rollout = generate_rollouts(self.policy, self.tokenizer, batch["prompt"], batch["answer"], **self.rollout_cfg)
-        rewards = self.score(rollout)
+        self._replay_stats = {}
+        rollout, rewards = self._rollouts(batch)
         t_rollout = time.perf_counter() - t0
 
         objective = self.objective
@@ -194,6 +271,7 @@ class RLModule(L.LightningModule):
                 "train/response_length": rollout.completion_mask.sum(1).float().mean().item(),
                 "train/lr": self._schedulers()[0].get_last_lr()[0],
                 "train/completions": float(self.completions_seen),
+                "train/generated": float(self.generated),
                 "train/tokens": float(self.tokens_seen),
                 "perf/rollout_s": t_rollout,
                 "perf/ref_s": t_ref,
@@ -204,6 +282,7 @@ class RLModule(L.LightningModule):
                 "perf/peak_mem_gb": peak_mem_gb(self.device),
             }
         )
+        sums.update(self._replay_stats)
         self.log_dict(sums, on_step=True, on_epoch=False, batch_size=size)
         self.log("train/acc", sums["train/accuracy"], prog_bar=True, logger=False, batch_size=size)
 
@@ -255,10 +334,16 @@ class RLModule(L.LightningModule):
     # --------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["completions_seen"] = self.completions_seen
+        checkpoint["generated"] = self.generated
+        if self.replay is not None:
+            checkpoint["replay"] = self.replay.state_dict()
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["train_time_s"] = self.train_time_s
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.completions_seen = checkpoint.get("completions_seen", 0)
+        self.generated = checkpoint.get("generated", 0)
+        if self.replay is not None and "replay" in checkpoint:
+            self.replay.load_state_dict(checkpoint["replay"])
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.train_time_s = checkpoint.get("train_time_s", 0.0)

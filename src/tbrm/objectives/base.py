@@ -62,6 +62,8 @@ class Objective(ABC):
     name = "objective"
     #: a critic (value model) is trained alongside the policy
     needs_critic = False
+    #: the update uses the log-probs the behaviour policy gave its tokens (ratio-based objectives)
+    needs_behavior_log_probs = False
     #: the update's log-probs are those of the sampling distribution (logits / temperature), as
     #: in TRL and verl, so ratios against the behaviour log-probs start at 1
     temperature_scaled = False

@@ -130,6 +130,7 @@ class GRPO(Objective):
     advantage_eps: float = 1e-4
 
     name = "grpo"
+    needs_behavior_log_probs = True
     temperature_scaled = True
 
     def __post_init__(self) -> None:

@@ -130,6 +130,7 @@ class PPO(Objective):
     critic_lr: float = 1e-4
 
     name = "ppo"
+    needs_behavior_log_probs = True
     needs_critic = True
     temperature_scaled = True
 

@@ -73,6 +73,16 @@ class RolloutBatch:
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
 
+    def to(self, device) -> RolloutBatch:
+        """The batch with every tensor on ``device``."""
+        tensors = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "behavior_log_probs")
+        return RolloutBatch(
+            **{name: getattr(self, name).to(device) for name in tensors},
+            prompts=self.prompts,
+            answers=self.answers,
+            completions=self.completions,
+        )
+
     def select(self, index: slice | list[int] | torch.Tensor) -> RolloutBatch:
         """Rows ``index`` of the batch (a micro-batch), padding columns trimmed."""
         if isinstance(index, slice):
