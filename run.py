@@ -19,7 +19,6 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -31,7 +30,7 @@ from tbrm.eval import BenchmarkEvaluation, evaluate_benchmarks, flatten, format_
 from tbrm.models import load_options, resolve_policy  # noqa: E402
 from tbrm.models.loading import load_model_and_tokenizer  # noqa: E402
 from tbrm.module import RLModule  # noqa: E402
-from tbrm.utils import build_loggers, finish_loggers, write_summary  # noqa: E402
+from tbrm.utils import build_loggers, finish_loggers, resolve_device, write_summary  # noqa: E402
 
 log = logging.getLogger("tbrm")
 
@@ -56,6 +55,8 @@ def eval_settings(cfg: DictConfig, names: list[str] | None = None) -> tuple[dict
         chosen = {name: chosen[name] for name in names}
     chosen = with_local_files(chosen, settings.pop("local_dir"))
     settings.pop("during_training")
+    if names is not None:  # during training the evaluation runs where the policy is
+        settings.pop("device")
     reward_fn = instantiate(settings.pop("reward"))
     return {name: instantiate(source) for name, source in chosen.items()}, settings, reward_fn
 
@@ -137,8 +138,7 @@ def evaluate(cfg: DictConfig, policy_path: str) -> float:
     """task=eval: the per-benchmark table of ``cfg.eval`` for the policy, printed, saved and logged."""
     benchmarks, settings, reward_fn = eval_settings(cfg)
     model, tokenizer = load_model_and_tokenizer(policy_path, **load_options(cfg.model, inference=True))
-    if cfg.trainer.accelerator != "cpu" and torch.cuda.is_available():
-        model.to("cuda")
+    model.to(resolve_device(settings.pop("device")))
     results = evaluate_benchmarks(
         model, tokenizer, benchmarks, reward_fn, **settings, progress=lambda b: log.info("evaluating %s", b)
     )
@@ -158,55 +158,22 @@ def evaluate(cfg: DictConfig, policy_path: str) -> float:
 
 def generate(cfg: DictConfig, policy_path: str, task) -> None:
     """task=generate: completions for a task split from the policy, written with their rewards as
-    trajectory records (one shard per generate call, each atomic), with a progress bar."""
-    from tqdm import tqdm
+    trajectory records (``tbrm.data.trajectories.generate_trajectories``)."""
+    from tbrm.data.trajectories import TrajectoryWriter, generate_trajectories
 
-    from tbrm.data.trajectories import TrajectoryWriter, records_from_rollout
-    from tbrm.rollout.hf import generate_rollouts
-
-    settings = cfg.generate
+    settings = OmegaConf.to_container(cfg.generate, resolve=True)
     splits = task.splits()
-    if settings.split not in splits or not splits[settings.split]:
-        raise ValueError(f"generate.split {settings.split!r} is empty or unknown; use one of {sorted(splits)}.")
-    if settings.n < 1 or settings.batch_size < settings.n:
-        raise ValueError(
-            f"generate.n must be >= 1 and generate.batch_size >= generate.n (got {settings.n}, {settings.batch_size})."
-        )
-    records = splits[settings.split][: settings.limit]
+    split = settings.pop("split")
+    if split not in splits or not splits[split]:
+        raise ValueError(f"generate.split {split!r} is empty or unknown; use one of {sorted(splits)}.")
+    records = splits[split][: settings.pop("limit")]
     model, tokenizer = load_model_and_tokenizer(policy_path, **load_options(cfg.model, inference=True))
-    if cfg.trainer.accelerator != "cpu" and torch.cuda.is_available():
-        model.to("cuda")
-    reward_fn = instantiate(cfg.reward)
-    writer = TrajectoryWriter(settings.dirpath, settings.format)
-    per_call = settings.batch_size // settings.n
-    written, correct = 0, 0.0
-    with tqdm(total=len(records) * settings.n, desc="generating", unit="completion") as bar:
-        for shard, start in enumerate(range(0, len(records), per_call)):
-            chunk = records[start : start + per_call]
-            rollout = generate_rollouts(
-                model,
-                tokenizer,
-                [r["prompt"] for r in chunk],
-                [r["answer"] for r in chunk],
-                n=settings.n,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                max_new_tokens=settings.max_new_tokens,
-            )
-            rewards = [float(r) for r in reward_fn(rollout.completions, rollout.answers)]
-            meta = {
-                "policy": str(policy_path),
-                "step": None,
-                "temperature": settings.temperature,
-                "top_p": settings.top_p,
-            }
-            rows = records_from_rollout(rollout, rewards, eos_token_id=tokenizer.eos_token_id, **meta)
-            writer.write(rows, step=shard)
-            written += len(rows)
-            correct += sum(r > 0 for r in rewards)
-            bar.update(len(rows))
-            bar.set_postfix(accuracy=f"{correct / written:.3f}")
-    log.info("wrote %d trajectories (accuracy %.3f) to %s", written, correct / max(written, 1), settings.dirpath)
+    model.to(resolve_device(settings.pop("device")))
+    writer = TrajectoryWriter(settings.pop("dirpath"), settings.pop("format"))
+    written, accuracy = generate_trajectories(
+        model, tokenizer, records, instantiate(cfg.reward), writer, policy=str(policy_path), **settings
+    )
+    log.info("wrote %d trajectories (accuracy %.3f) to %s", written, accuracy, writer.dirpath)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -32,11 +32,14 @@ def test_default_config_resolves(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "group", ["algorithm", "model", "data", "rollout", "reward", "optimizer", "trainer", "callbacks", "experiment"]
+    "group",
+    ["algorithm", "model", "data", "rollout", "reward", "optimizer", "trainer", "callbacks", "experiment", "replay"],
 )
 def test_every_option_of_every_group_composes_and_instantiates(tmp_path, group):
+    (tmp_path / "t.jsonl").write_text('{"prompt": "1*2=", "completion": "2", "answer": "2", "reward": 1}\n')
+    extra = {("data", "trajectories"): [f"data.path={tmp_path / 't.jsonl'}"]}
     for option in options(group):
-        cfg = compose_cfg(tmp_path, [f"{group}={option}"])
+        cfg = compose_cfg(tmp_path, [f"{group}={option}", *extra.get((group, option), [])])
         objective = instantiate(cfg.algorithm)
         assert objective.beta >= 0 and objective.name in ("tbrm", "grpo", "ppo")
         datamodule = instantiate(cfg.data)
@@ -48,6 +51,8 @@ def test_every_option_of_every_group_composes_and_instantiates(tmp_path, group):
             assert trainer.max_steps == cfg.trainer.max_steps
         for cb in (cfg.callbacks or {}).values():
             assert instantiate(cb) is not None
+        if cfg.get("replay"):
+            assert 0 <= instantiate(cfg.replay).fraction < 1
 
 
 def test_loggers_instantiate_offline(tmp_path):
@@ -96,6 +101,8 @@ def test_algorithm_groups_set_a_fair_budget(tmp_path):
         (["algorithm=ppo", "algorithm.epsilon=-1"], "algorithm.epsilon must be a number > 0"),
         (["algorithm=ppo", "algorithm.beta=-0.1"], "algorithm.beta must be a number >= 0"),
         (["algorithm=ppo", "algorithm.loss_agg_mode=mean"], "loss_agg_mode must be one of"),
+        (["data=trajectories"], "needs data.path"),
+        (["data=trajectories", "data.path=x.jsonl", "algorithm=grpo", "data.batch_size=6"], "multiple of the group"),
     ],
 )
 def test_invalid_values_fail_at_instantiation(tmp_path, overrides, match):

@@ -315,3 +315,18 @@ def test_replay_answers_a_share_of_each_step_from_older_rollouts(tiny_model_dir)
     assert module.generated == 8 + 4 + 4 and metrics[-1]["train/completions"] == 24
     assert metrics[1]["replay/drawn"] == 4 and metrics[1]["replay/age_mean"] == 1
     assert len(buffer) == 16 and "replay/drawn" not in metrics[0]
+
+
+def test_the_replay_buffer_is_checkpointed(tiny_model_dir, tmp_path):
+    from tbrm.data.replay import ReplayBuffer
+
+    torch.manual_seed(0)
+    module = make(tiny_model_dir, reward=alternating_reward, replay=ReplayBuffer(capacity=64, fraction=0.5))
+    fit(module, steps=2)
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "c.ckpt")
+    restored = make(tiny_model_dir, replay=ReplayBuffer(capacity=64, fraction=0.5, seed=7))
+    restored.on_load_checkpoint(torch.load(tmp_path / "c.ckpt", weights_only=True))
+    assert restored.generated == module.generated == 12 and len(restored.replay) == len(module.replay) == 12
+    assert restored.replay.sample(2, 2) == module.replay.sample(2, 2)

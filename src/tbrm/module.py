@@ -1,6 +1,7 @@
 """The LightningModule: one ``training_step`` is one RL iteration, for every algorithm.
 
-prompts -> rollouts (HF generate, no grad) -> rewards -> what the objective needs (reference
+prompts -> rollouts (HF generate, no grad; or stored trajectories from a file, or a share drawn
+from a replay buffer) -> rewards -> what the objective needs (reference
 log-probs, critic values; no grad) -> ``objective.prepare`` (advantages, returns) -> for each of
 ``objective.epochs`` passes and ``objective.num_minibatches`` minibatches: one forward pass of the
 policy giving log pi_theta(a_h|s_h) and V_theta(s_1) (and the critic's values) per micro-batch ->

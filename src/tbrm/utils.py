@@ -24,6 +24,15 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -
     return schedule
 
 
+def resolve_device(device: str = "auto") -> str:
+    """``auto``: ``cuda`` when a GPU is visible, else ``cpu``; anything else as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no GPU is visible; use auto or cpu.")
+    return device
+
+
 def peak_mem_gb(device: torch.device | str = "cpu") -> float:
     """Peak memory in GB: torch's max allocated on a CUDA device, the process's max RSS on CPU."""
     device = torch.device(device)

@@ -140,3 +140,22 @@ def test_a_line_that_is_not_json_is_named(tmp_path):
     with pytest.raises(BadTrajectoryError, match=r"t\.jsonl, row 2: not a JSON object"):
         load_trajectories(str(path))
     assert load_trajectories(str(path), skip_bad_rows=True)[1] == 1
+
+
+def test_generate_trajectories_writes_scored_groups_in_shards(tiny, tmp_path):
+    from tbrm.data.trajectories import generate_trajectories
+
+    model, tokenizer = tiny
+    records = [{"prompt": p, "answer": a} for p, a in zip(PROMPTS[:3], ANSWERS[:3], strict=True)]
+    writer = TrajectoryWriter(tmp_path / "gen")
+    torch.manual_seed(0)
+    written, accuracy = generate_trajectories(
+        model, tokenizer, records, lambda c, a: [1.0] * len(c), writer, n=2, batch_size=4, max_new_tokens=6, policy="m"
+    )
+    assert (written, accuracy) == (6, 1.0)
+    assert len(list((tmp_path / "gen").iterdir())) == 2  # 2 prompts per call: shards of 4 and 2
+    rows, _ = load_trajectories(str(tmp_path / "gen"))
+    assert [r["prompt"] for r in rows] == [p for p in PROMPTS[:3] for _ in range(2)]
+    assert all(r["policy"] == "m" and r["reward"] == 1.0 and r["behavior_logprobs"] for r in rows)
+    with pytest.raises(ValueError, match="generate.n must be >= 1"):
+        generate_trajectories(model, tokenizer, records, None, writer, n=0)

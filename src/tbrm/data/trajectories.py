@@ -352,6 +352,51 @@ class TrajectoryDataModule(PromptDataModule):
         )
 
 
+# ------------------------------------------------------------------------------- generation
+def generate_trajectories(
+    model,
+    tokenizer,
+    records: list[dict],
+    reward_fn,
+    writer: TrajectoryWriter,
+    *,
+    n: int = 1,
+    batch_size: int = 512,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 48,
+    policy: str | None = None,
+) -> tuple[int, float]:
+    """Sample ``n`` completions for each prompt record, score them and write them as trajectory
+    records, one shard per generate call of ``batch_size // n`` prompts, with a progress bar.
+    Returns ``(trajectories written, fraction rewarded)``."""
+    from tqdm import tqdm
+
+    from tbrm.rollout.hf import generate_rollouts
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or batch_size < n:
+        raise ValueError(f"generate.n must be >= 1 and generate.batch_size >= generate.n (got {n}, {batch_size}).")
+    per_call = batch_size // n
+    written, rewarded = 0, 0
+    with tqdm(total=len(records) * n, desc="generating", unit="completion") as bar:
+        for shard, start in enumerate(range(0, len(records), per_call)):
+            chunk = records[start : start + per_call]
+            prompts, answers = [r["prompt"] for r in chunk], [r["answer"] for r in chunk]
+            rollout = generate_rollouts(
+                model, tokenizer, prompts, answers, n=n, temperature=temperature, top_p=top_p,
+                max_new_tokens=max_new_tokens,
+            )  # fmt: skip
+            rewards = [float(r) for r in reward_fn(rollout.completions, rollout.answers)]
+            rows = records_from_rollout(rollout, rewards, eos_token_id=tokenizer.eos_token_id, policy=policy,
+                                        temperature=temperature, top_p=top_p)  # fmt: skip
+            writer.write(rows, step=shard)
+            written += len(rows)
+            rewarded += sum(r > 0 for r in rewards)
+            bar.update(len(rows))
+            bar.set_postfix(accuracy=f"{rewarded / written:.3f}")
+    return written, rewarded / max(written, 1)
+
+
 # ------------------------------------------------------------------------------ the dump callback
 class RolloutDump(Callback):
     """Writes every rollout the run generates as trajectory records, one shard per step and rank
