@@ -26,11 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 
 os.environ.setdefault("WANDB_MODE", "offline")  # no W&B server unless the user says otherwise
 
-from tbrm.eval import BenchmarkEvaluation, evaluate_benchmarks, flatten, format_table, with_local_files  # noqa: E402
+from tbrm.eval import BenchmarkEvaluation  # noqa: E402
 from tbrm.models import load_options, resolve_policy  # noqa: E402
-from tbrm.models.loading import load_model_and_tokenizer  # noqa: E402
 from tbrm.module import RLModule  # noqa: E402
-from tbrm.utils import build_loggers, finish_loggers, resolve_device, write_summary  # noqa: E402
+from tbrm.tasks import eval_settings, evaluate, generate  # noqa: E402
+from tbrm.utils import build_loggers, finish_loggers, write_summary  # noqa: E402
 
 log = logging.getLogger("tbrm")
 
@@ -39,26 +39,6 @@ def sweep_group() -> str | None:
     """In a multirun, the sweep's folder name groups its jobs in W&B."""
     hc = HydraConfig.get()
     return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
-
-
-def eval_settings(cfg: DictConfig, names: list[str] | None = None) -> tuple[dict, dict, object]:
-    """``(benchmarks, settings, reward_fn)`` of ``cfg.eval``: the sources (all, or ``names``),
-    the evaluation settings and the scorer."""
-    settings = OmegaConf.to_container(cfg.eval, resolve=True)
-    chosen = settings.pop("benchmarks")
-    if names is not None:
-        unknown = sorted(set(names) - set(chosen))
-        if unknown:
-            raise ValueError(
-                f"eval.during_training names {unknown}, which are not in eval.benchmarks {sorted(chosen)}."
-            )
-        chosen = {name: chosen[name] for name in names}
-    chosen = with_local_files(chosen, settings.pop("local_dir"))
-    settings.pop("during_training")
-    if names is not None:  # during training the evaluation runs where the policy is
-        settings.pop("device")
-    reward_fn = instantiate(settings.pop("reward"))
-    return {name: instantiate(source) for name, source in chosen.items()}, settings, reward_fn
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -74,7 +54,7 @@ def train(cfg: DictConfig) -> float | None:
             log.info("warm start report:\n%s", report.read_text())
         return None
     if cfg.task == "eval":
-        return evaluate(cfg, policy_path)
+        return evaluate(cfg, policy_path, sweep_group())
     if cfg.task == "generate":
         return generate(cfg, policy_path, datamodule.task)
     if cfg.task != "train":
@@ -132,48 +112,6 @@ def train(cfg: DictConfig) -> float | None:
     log.info("summary: %s", json.dumps(summary))
     finish_loggers(loggers)
     return final.get(cfg.optimized_metric)
-
-
-def evaluate(cfg: DictConfig, policy_path: str) -> float:
-    """task=eval: the per-benchmark table of ``cfg.eval`` for the policy, printed, saved and logged."""
-    benchmarks, settings, reward_fn = eval_settings(cfg)
-    model, tokenizer = load_model_and_tokenizer(policy_path, **load_options(cfg.model, inference=True))
-    model.to(resolve_device(settings.pop("device")))
-    results = evaluate_benchmarks(
-        model, tokenizer, benchmarks, reward_fn, **settings, progress=lambda b: log.info("evaluating %s", b)
-    )
-    table = format_table(results)
-    print(table)
-    out = Path(cfg.paths.output_dir)
-    (out / "eval.md").write_text(table + "\n")
-    (out / "eval.json").write_text(json.dumps({"policy": policy_path, "results": results}, indent=2))
-    loggers = build_loggers(
-        cfg.logger, tags=[*cfg.tags, "eval"], group=sweep_group(), config=OmegaConf.to_container(cfg, resolve=True)
-    )
-    for logger in loggers:
-        logger.log_metrics(flatten(results), step=0)
-    finish_loggers(loggers)
-    return results["mean"]["avg@1"] if results else float("nan")
-
-
-def generate(cfg: DictConfig, policy_path: str, task) -> None:
-    """task=generate: completions for a task split from the policy, written with their rewards as
-    trajectory records (``tbrm.data.trajectories.generate_trajectories``)."""
-    from tbrm.data.trajectories import TrajectoryWriter, generate_trajectories
-
-    settings = OmegaConf.to_container(cfg.generate, resolve=True)
-    splits = task.splits()
-    split = settings.pop("split")
-    if split not in splits or not splits[split]:
-        raise ValueError(f"generate.split {split!r} is empty or unknown; use one of {sorted(splits)}.")
-    records = splits[split][: settings.pop("limit")]
-    model, tokenizer = load_model_and_tokenizer(policy_path, **load_options(cfg.model, inference=True))
-    model.to(resolve_device(settings.pop("device")))
-    writer = TrajectoryWriter(settings.pop("dirpath"), settings.pop("format"))
-    written, accuracy = generate_trajectories(
-        model, tokenizer, records, instantiate(cfg.reward), writer, policy=str(policy_path), **settings
-    )
-    log.info("wrote %d trajectories (accuracy %.3f) to %s", written, accuracy, writer.dirpath)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

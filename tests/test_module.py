@@ -271,7 +271,7 @@ def _trajectory_file(tiny_model_dir, tmp_path, n=2, with_behavior=True):
 
 
 def test_training_from_stored_trajectories_generates_nothing(tiny_model_dir, tmp_path, monkeypatch):
-    from tbrm.data.trajectories import TrajectoryDataModule
+    from tbrm.data.datamodule import TrajectoryDataModule
 
     path = _trajectory_file(tiny_model_dir, tmp_path, n=1)
     module = make(tiny_model_dir, objective=TBRM(beta=0.5))
@@ -291,7 +291,7 @@ def test_training_from_stored_trajectories_generates_nothing(tiny_model_dir, tmp
 
 
 def test_ratio_objectives_need_stored_behaviour_log_probs(tiny_model_dir, tmp_path):
-    from tbrm.data.trajectories import TrajectoryDataModule
+    from tbrm.data.datamodule import TrajectoryDataModule
 
     path = _trajectory_file(tiny_model_dir, tmp_path, n=2, with_behavior=False)
     task = ArithmeticTask(b_digits=1, num_val=8, num_test=8)

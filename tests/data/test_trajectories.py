@@ -1,15 +1,12 @@
-"""Trajectory records: dump -> load is exact; bad rows are named or counted; shards are atomic;
-the DataModule keeps groups whole."""
+"""Trajectory records: dump -> load is exact; bad rows are named or counted; shards are atomic."""
 
 import json
 
 import pytest
 import torch
 
-from tbrm.data.arithmetic import ArithmeticTask
 from tbrm.data.trajectories import (
     BadTrajectoryError,
-    TrajectoryDataModule,
     TrajectoryWriter,
     load_trajectories,
     records_from_rollout,
@@ -112,26 +109,6 @@ def test_missing_paths_and_a_failed_write_leave_no_shard(tmp_path):
     assert len(load_trajectories(str(tmp_path / "out"))[0]) == 1
     with pytest.raises(ValueError, match="format must be one of"):
         TrajectoryWriter(tmp_path, "csv")
-
-
-def test_datamodule_keeps_groups_whole(tmp_path):
-    rows = [{"prompt": p, "completion": c, "answer": "1", "reward": 0.0} for p in "abcdef" for c in ("x", "y")]
-    path = _write(tmp_path / "g.jsonl", rows)
-    task = ArithmeticTask(b_digits=1, num_val=8, num_test=8)
-    dm = TrajectoryDataModule(task, str(path), batch_size=4, group_size=2)
-    torch.manual_seed(0)
-    batches = list(dm.train_dataloader())
-    assert len(batches) == 3 and all(len(b["records"]) == 4 for b in batches)
-    for b in batches:
-        assert b["prompt"][0] == b["prompt"][1] and b["prompt"][2] == b["prompt"][3]
-        assert b["completion"] == ["x", "y", "x", "y"]
-    assert len(dm.val_dataloader().dataset) == 8  # validation: the task's held-out prompts
-    with pytest.raises(BadTrajectoryError, match="one prompt's group of 3"):
-        TrajectoryDataModule(task, str(path), batch_size=3, group_size=3).train_dataloader()
-    with pytest.raises(ValueError, match="multiple of the group size"):
-        TrajectoryDataModule(task, str(path), batch_size=3, group_size=2)
-    with pytest.raises(ValueError, match="needs data.path"):
-        TrajectoryDataModule(task)
 
 
 def test_a_line_that_is_not_json_is_named(tmp_path):

@@ -1,10 +1,18 @@
-"""``PromptDataModule``: prompt batches for RL steps and held-out prompts for validation."""
+"""DataModules: ``PromptDataModule`` (prompt batches for RL steps, held-out prompts for validation)
+and ``TrajectoryDataModule`` (batches of stored trajectories, no generation; the same validation)."""
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
+
+from tbrm.data.trajectories import BadTrajectoryError, load_trajectories
+
+log = logging.getLogger(__name__)
 
 
 def collate_prompts(rows: list[dict]) -> dict[str, list]:
@@ -57,3 +65,99 @@ class PromptDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.val_batch_size, shuffle=False)
+
+
+def collate_trajectories(rows: list[dict]) -> dict[str, list]:
+    """Batch trajectory records (flattened from their groups) as lists, like prompt batches."""
+    rows = [r for group in rows for r in (group if isinstance(group, list) else [group])]
+    return {**collate_prompts(rows), "records": rows}
+
+
+# ------------------------------------------------------------------------------- DataModule
+@dataclass
+class _Grouped:
+    """Records in units of ``group_size`` rows with one prompt (GRPO's groups); the loader shuffles units."""
+
+    records: list[dict]
+    group_size: int
+
+    def units(self, where: str) -> list[list[dict]]:
+        n = self.group_size
+        if len(self.records) % n:
+            raise ValueError(f"{where}: {len(self.records)} trajectories do not split into groups of {n}.")
+        units = [self.records[i : i + n] for i in range(0, len(self.records), n)]
+        for i, unit in enumerate(units):
+            if len({r["prompt"] for r in unit}) != 1:
+                raise BadTrajectoryError(
+                    f"{where}: rows {i * n}..{i * n + n - 1} should be one prompt's group of {n} completions "
+                    f"(as a run with rollout.n={n} dumps them); set rollout.n to the file's group size."
+                )
+        return units
+
+
+class TrajectoryDataModule(PromptDataModule):
+    """Training batches of stored trajectories (no generation); validation on ``task``'s held-out prompts.
+
+    Args:
+        task: the task whose ``validation`` / ``test`` prompts measure the policy (and whose warm
+            start is the default initial policy).
+        path: a trajectory file, or a folder of shards (a run's ``rollouts/``); or
+        name, subset, split: a hub dataset of trajectory records.
+        batch_size: trajectories per training step (a multiple of ``group_size``).
+        group_size: completions per prompt kept together (``rollout.n``; GRPO's groups).
+        skip_bad_rows: skip (and count) malformed rows instead of failing on the first.
+    """
+
+    def __init__(
+        self,
+        task,
+        path: str | None = None,
+        *,
+        name: str | None = None,
+        subset: str | None = None,
+        split: str = "train",
+        batch_size: int = 128,
+        val_batch_size: int = 500,
+        group_size: int = 1,
+        skip_bad_rows: bool = False,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(task, batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers)
+        if not isinstance(group_size, int) or group_size < 1 or batch_size % group_size:
+            raise ValueError(
+                f"data.batch_size ({batch_size}) must be a multiple of the group size rollout.n ({group_size})."
+            )
+        if not path and not name:
+            raise ValueError("data=trajectories needs data.path=<file or folder> (or data.name=<hub dataset>).")
+        self.path, self.name, self.subset, self.split = path, name, subset, split
+        self.group_size = group_size
+        self.skip_bad_rows = skip_bad_rows
+        self.skipped = 0
+        self._units: list[list[dict]] | None = None
+
+    @property
+    def where(self) -> str:
+        return str(self.path or self.name)
+
+    def trajectories(self) -> list[list[dict]]:
+        if self._units is None:
+            records, self.skipped = load_trajectories(
+                self.path, name=self.name, subset=self.subset, split=self.split, skip_bad_rows=self.skip_bad_rows
+            )
+            self._units = _Grouped(records, self.group_size).units(self.where)
+            log.info("%s: %d trajectories in groups of %d", self.where, len(records), self.group_size)
+        return self._units
+
+    def train_dataloader(self):
+        units = self.trajectories()
+        per_batch = self.batch_size // self.group_size
+        generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+        return DataLoader(
+            units,
+            batch_size=per_batch,
+            shuffle=True,
+            drop_last=len(units) >= per_batch,
+            collate_fn=collate_trajectories,
+            num_workers=self.num_workers,
+            generator=generator,
+        )
