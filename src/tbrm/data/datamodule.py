@@ -4,7 +4,6 @@ and ``TrajectoryDataModule`` (batches of stored trajectories, no generation; the
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -73,26 +72,19 @@ def collate_trajectories(rows: list[dict]) -> dict[str, list]:
     return {**collate_prompts(rows), "records": rows}
 
 
-# ------------------------------------------------------------------------------- DataModule
-@dataclass
-class _Grouped:
-    """Records in units of ``group_size`` rows with one prompt (GRPO's groups); the loader shuffles units."""
-
-    records: list[dict]
-    group_size: int
-
-    def units(self, where: str) -> list[list[dict]]:
-        n = self.group_size
-        if len(self.records) % n:
-            raise ValueError(f"{where}: {len(self.records)} trajectories do not split into groups of {n}.")
-        units = [self.records[i : i + n] for i in range(0, len(self.records), n)]
-        for i, unit in enumerate(units):
-            if len({r["prompt"] for r in unit}) != 1:
-                raise BadTrajectoryError(
-                    f"{where}: rows {i * n}..{i * n + n - 1} should be one prompt's group of {n} completions "
-                    f"(as a run with rollout.n={n} dumps them); set rollout.n to the file's group size."
-                )
-        return units
+def group_units(records: list[dict], n: int, where: str) -> list[list[dict]]:
+    """Records in units of ``n`` adjacent rows with one prompt (GRPO's groups), which the loader
+    shuffles whole."""
+    if len(records) % n:
+        raise ValueError(f"{where}: {len(records)} trajectories do not split into groups of {n}.")
+    units = [records[i : i + n] for i in range(0, len(records), n)]
+    for i, unit in enumerate(units):
+        if len({r["prompt"] for r in unit}) != 1:
+            raise BadTrajectoryError(
+                f"{where}: rows {i * n}..{i * n + n - 1} should be one prompt's group of {n} completions "
+                f"(as a run with rollout.n={n} dumps them); set rollout.n to the file's group size."
+            )
+    return units
 
 
 class TrajectoryDataModule(PromptDataModule):
@@ -144,7 +136,7 @@ class TrajectoryDataModule(PromptDataModule):
             records, self.skipped = load_trajectories(
                 self.path, name=self.name, subset=self.subset, split=self.split, skip_bad_rows=self.skip_bad_rows
             )
-            self._units = _Grouped(records, self.group_size).units(self.where)
+            self._units = group_units(records, self.group_size, self.where)
             log.info("%s: %d trajectories in groups of %d", self.where, len(records), self.group_size)
         return self._units
 
