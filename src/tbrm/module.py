@@ -23,6 +23,7 @@ from tbrm.data.trajectories import records_from_rollout, to_rollout_batch
 from tbrm.models.critic import ValueModel
 from tbrm.models.loading import load_model_and_tokenizer
 from tbrm.objectives.common import aggregation_weight, masked_mean, sequence_kl
+from tbrm.rewards.scoring import score
 from tbrm.rollout.hf import RolloutBatch, completion_logprobs, completion_values, generate_rollouts
 from tbrm.utils import peak_mem_gb, warmup_cosine
 
@@ -98,17 +99,7 @@ class RLModule(L.LightningModule):
 
     def score(self, rollout: RolloutBatch) -> torch.Tensor:
         """Rewards of a rollout batch as a (batch,) float tensor, with a clear error on failure."""
-        try:
-            rewards = self.reward_fn(rollout.completions, rollout.answers)
-        except Exception as err:  # a user's verifier: say which one failed and on what
-            raise RuntimeError(
-                f"reward function {getattr(self.reward_fn, '__name__', self.reward_fn)!r} raised "
-                f"{type(err).__name__}: {err} (first completion: {rollout.completions[:1]!r}). "
-                "A reward function must return one float per completion and never raise."
-            ) from err
-        if len(rewards) != len(rollout):
-            raise ValueError(f"reward function returned {len(rewards)} rewards for {len(rollout)} completions.")
-        return torch.tensor([float(r) for r in rewards], device=self.device)
+        return torch.tensor(score(self.reward_fn, rollout.completions, rollout.answers), device=self.device)
 
     def _no_grad_pass(self, fn, rollout: RolloutBatch, micro: int) -> list:
         """Run ``fn(micro_batch)`` under no_grad over micro-batches; pad each output back to the

@@ -271,6 +271,7 @@ def generate_trajectories(
     Returns ``(trajectories written, fraction rewarded)``."""
     from tqdm import tqdm
 
+    from tbrm.rewards.scoring import score
     from tbrm.rollout.hf import generate_rollouts
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1 or batch_size < n:
@@ -285,7 +286,7 @@ def generate_trajectories(
                 model, tokenizer, prompts, answers, n=n, temperature=temperature, top_p=top_p,
                 max_new_tokens=max_new_tokens,
             )  # fmt: skip
-            rewards = [float(r) for r in reward_fn(rollout.completions, rollout.answers)]
+            rewards = score(reward_fn, rollout.completions, rollout.answers)
             rows = records_from_rollout(rollout, rewards, eos_token_id=tokenizer.eos_token_id, policy=policy,
                                         temperature=temperature, top_p=top_p)  # fmt: skip
             writer.write(rows, step=shard)

@@ -7,6 +7,7 @@ from math import comb
 
 import torch
 
+from tbrm.rewards.scoring import score
 from tbrm.rollout.hf import generate_rollouts
 
 
@@ -42,7 +43,7 @@ def evaluate_accuracy(
         chunk = records[start : start + batch_size]
         prompts, answers = [r["prompt"] for r in chunk], [r["answer"] for r in chunk]
         out = generate_rollouts(model, tokenizer, prompts, answers, greedy=True, max_new_tokens=max_new_tokens)
-        greedy += reward_fn(out.completions, out.answers)
+        greedy += score(reward_fn, out.completions, out.answers)
     # batch_size counts completions: n_samples of each prompt go in the same call
     per_call = max(1, batch_size // max(n_samples, 1))
     for start in range(0, len(records) if n_samples else 0, per_call):
@@ -58,7 +59,7 @@ def evaluate_accuracy(
             top_p=top_p,
             max_new_tokens=max_new_tokens,
         )
-        rewards = reward_fn(out.completions, out.answers)
+        rewards = score(reward_fn, out.completions, out.answers)
         sampled += rewards
         per_prompt += [sum(r > 0 for r in rewards[i : i + n_samples]) for i in range(0, len(rewards), n_samples)]
     metrics = {"accuracy": sum(greedy) / max(len(greedy), 1)}
