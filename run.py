@@ -69,6 +69,7 @@ def train(cfg: DictConfig) -> float | None:
         micro_batch_size=cfg.optimizer.micro_batch_size,
         model_options=load_options(cfg.model),
         replay=instantiate(cfg.replay) if cfg.get("replay") else None,
+        track_kl_ref=cfg.track_kl_ref,
     )
     config = OmegaConf.to_container(cfg, resolve=True)
     loggers = build_loggers(cfg.logger, tags=[*cfg.tags, objective.name], group=sweep_group(), config=config)

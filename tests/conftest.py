@@ -3,11 +3,78 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# a small model and task keep each run to seconds; everything else is the default config
+MODEL = [
+    "model.architecture.hidden_size=64",
+    "model.architecture.num_layers=2",
+    "model.architecture.intermediate_size=128",
+    "model.warm_start.steps=20",
+]
+TINY = ["experiment=smoke", *MODEL]
+# experiment=smoke's budget as overrides, for sweeps that name an experiment of their own
+SMOKE = [
+    *MODEL,
+    "model.warm_start.eval_size=0",
+    "data.task.num_val=64",
+    "data.task.num_test=64",
+    "data.val_batch_size=64",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+]
+
+
+def run_py(
+    repo_root: Path, tmp: Path, *overrides: str, check: bool = True, tiny: list[str] = TINY
+) -> subprocess.CompletedProcess:
+    """Run the real run.py with logs and caches under ``tmp`` and the ``tiny`` budget; flags
+    (``-m``) go first. Raises with the output's tail when ``check`` and it fails."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    flags = [o for o in overrides if o.startswith("-")]
+    overrides = [o for o in overrides if not o.startswith("-")]
+    paths = [f"paths.log_dir={tmp}/logs", f"paths.cache_dir={tmp}/cache"]
+    cmd = [sys.executable, "run.py", *flags, *paths, *tiny, *overrides]
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def kl_sweep(tmp_path_factory) -> Path:
+    """A real, tiny ``experiment=kl_ablation`` multirun: TBRM n=1 and GRPO n=4, two betas each,
+    seeds 0 and 1 (8 jobs of 4 steps), logged to CSV and W&B offline."""
+    tmp = tmp_path_factory.mktemp("kl_sweep")
+    run_py(
+        ROOT,
+        tmp,
+        "-m",
+        "experiment=kl_ablation",
+        "method=tbrm_n1,grpo_n4",
+        "kl_ablation.level=0,1",
+        "seed=0,1",
+        "kl_ablation.grid.tbrm_n1=[0.05,0.2]",
+        "kl_ablation.grid.grpo_n4=[0.0,0.04]",
+        "data.batch_size=8",
+        f"hydra.sweep.dir={tmp / 'sweep'}",
+        tiny=SMOKE,
+    )
+    return tmp / "sweep"
+
+
+@pytest.fixture(scope="session")
+def failed_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A real multirun of two jobs whose second fails (TBRM with beta -1 is rejected)."""
+    tmp = tmp_path_factory.mktemp("failed_sweep")
+    proc = run_py(ROOT, tmp, "-m", "algorithm.beta=0.1,-1", f"hydra.sweep.dir={tmp / 'sweep'}", check=False)
+    return tmp / "sweep", proc
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -17,10 +18,18 @@ def options(group: str) -> list[str]:
 
 
 def compose_cfg(tmp_path, overrides=()):
+    """The job config as run.py sees it, with Hydra's runtime config set (``${hydra:...}`` resolves)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            "config", overrides=[f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache", *overrides]
+        cfg = compose(
+            "config",
+            overrides=[f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache", *overrides],
+            return_hydra_config=True,
         )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    OmegaConf.resolve(cfg)  # now: ${hydra:...} reads the latest composed config
+    return cfg
 
 
 def test_default_config_resolves(tmp_path):
@@ -33,7 +42,19 @@ def test_default_config_resolves(tmp_path):
 
 @pytest.mark.parametrize(
     "group",
-    ["algorithm", "model", "data", "rollout", "reward", "optimizer", "trainer", "callbacks", "experiment", "replay"],
+    [
+        "algorithm",
+        "method",
+        "model",
+        "data",
+        "rollout",
+        "reward",
+        "optimizer",
+        "trainer",
+        "callbacks",
+        "experiment",
+        "replay",
+    ],
 )
 def test_every_option_of_every_group_composes_and_instantiates(tmp_path, group):
     (tmp_path / "t.jsonl").write_text('{"prompt": "1*2=", "completion": "2", "answer": "2", "reward": 1}\n')
@@ -155,3 +176,59 @@ def test_eval_protocol_is_the_papers(tmp_path):
     assert cfg.eval.reward._target_ == "tbrm.rewards.math_verify_reward" and cfg.eval.template == "qwen_math"
     svamp = compose_cfg(tmp_path, ["+data/source@eval.benchmarks.svamp=svamp"]).eval.benchmarks.svamp
     assert svamp.name == "ChilleD/SVAMP"
+
+
+def sweep_jobs(cfg) -> list[list[str]]:
+    """The jobs an experiment's ``hydra.sweeper.params`` expand to (the basic sweeper's product)."""
+    import itertools
+
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    return [[f"{k}={v}" for k, v in zip(params, combo, strict=True)] for combo in itertools.product(*params.values())]
+
+
+def composed_sweep(tmp_path, experiment: str) -> list:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        sweep_cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    return [compose_cfg(tmp_path, [f"experiment={experiment}", *job]) for job in sweep_jobs(sweep_cfg)]
+
+
+def test_kl_ablation_sweeps_each_methods_own_beta_grid_over_three_seeds(tmp_path):
+    jobs = composed_sweep(tmp_path, "kl_ablation")
+    assert len(jobs) == 36
+    grid = {}
+    for cfg in jobs:
+        objective = instantiate(cfg.algorithm)
+        grid.setdefault((objective.name, cfg.rollout.n), set()).add(objective.beta)
+        assert cfg.track_kl_ref and cfg.rollout.n * cfg.data.batch_size == 128
+    assert grid == {
+        ("tbrm", 1): {0.02, 0.05, 0.1, 0.2},
+        ("grpo", 4): {0.0, 0.01, 0.04, 0.1},
+        ("ppo", 1): {0.0, 0.01, 0.05, 0.2},
+    }
+    assert {cfg.seed for cfg in jobs} == {0, 1, 2}
+
+
+def test_algo_comparison_and_rollouts_ablation_sweeps(tmp_path):
+    jobs = composed_sweep(tmp_path, "algo_comparison")
+    arms = sorted({(instantiate(c.algorithm).name, c.rollout.n, c.data.batch_size) for c in jobs})
+    assert arms == [("grpo", 4, 32), ("ppo", 1, 128), ("tbrm", 1, 128), ("tbrm", 4, 32)] and len(jobs) == 12
+    jobs = composed_sweep(tmp_path, "rollouts_ablation")
+    assert sorted({(c.algorithm._target_, c.rollout.n) for c in jobs}) == [
+        ("tbrm.objectives.TBRM", n) for n in (1, 2, 4, 8)
+    ]
+    assert len(jobs) == 12 and {c.data.batch_size for c in jobs} == {128}
+
+
+def test_kl_ablation_level_outside_the_grid_fails_clearly(tmp_path):
+    cfg = compose_cfg(tmp_path, ["experiment=kl_ablation", "kl_ablation.level=9"])
+    with pytest.raises(Exception, match="beta"):
+        instantiate(cfg.algorithm)
+
+
+def test_hparams_search_composes_the_optuna_sweeper(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["hparams_search=tbrm_optuna"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
+    assert set(cfg.hydra.sweeper.params) == {"optimizer.lr", "algorithm.beta"}
+    assert cfg.optimized_metric == "val/accuracy_sampled"

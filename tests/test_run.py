@@ -11,31 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_py
 
 from tbrm.wandb_offline import read_offline_run
 
 pytestmark = pytest.mark.slow
 
-# a small model and task keep each run to seconds; everything else is the default config
-TINY = [
-    "experiment=smoke",
-    "model.architecture.hidden_size=64",
-    "model.architecture.num_layers=2",
-    "model.architecture.intermediate_size=128",
-    "model.warm_start.steps=20",
-]
-
-
-def run(repo_root: Path, tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
-    flags = [o for o in overrides if o.startswith("-")]
-    overrides = [o for o in overrides if not o.startswith("-")]
-    paths = [f"paths.log_dir={tmp}/logs", f"paths.cache_dir={tmp}/cache"]
-    cmd = [sys.executable, "run.py", *flags, *paths, *TINY, *overrides]
-    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"run.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
+run = run_py
 
 
 def only(paths):

@@ -46,6 +46,8 @@ class RLModule(L.LightningModule):
             skips gradient checkpointing (it never runs a backward pass).
         replay: a ``tbrm.data.replay.ReplayBuffer`` that supplies ``replay.fraction`` of each
             step's prompts from past rollouts (None: every completion is fresh).
+        track_kl_ref: load the reference even when the objective does not need one (beta = 0),
+            so that ``train/kl_ref`` is logged (the KL ablation compares it across beta).
 
     Batches of stored trajectories (``data=trajectories``: a ``records`` key) are trained on as
     they are, with their stored rewards: no generation.
@@ -62,6 +64,7 @@ class RLModule(L.LightningModule):
         micro_batch_size: int | None = None,
         model_options: dict | None = None,
         replay=None,
+        track_kl_ref: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -86,7 +89,7 @@ class RLModule(L.LightningModule):
         # PPO's critic: a trained submodule with its own optimizer, checkpointed with the policy.
         self.critic = ValueModel.from_pretrained(policy_path, **options).train() if objective.needs_critic else None
         ref = None
-        if objective.needs_reference:
+        if objective.needs_reference or track_kl_ref:
             ref, _ = load_model_and_tokenizer(policy_path, **ref_options)
             ref.eval().requires_grad_(False)
         # Kept outside the module tree: never optimised, never checkpointed (reloaded from source).

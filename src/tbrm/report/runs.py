@@ -1,0 +1,188 @@
+"""The jobs of a Hydra multirun, read back from disk: status, overrides, resolved config, metrics.
+
+Each job folder (``<sweep>/<job number>/``) holds what ``run.py`` and Hydra wrote:
+
+- ``.hydra/overrides.yaml``: the job's overrides (the sweep's parameters among them);
+- ``status.json``: ``completed`` or ``failed`` with the error, written by ``JobStatusCallback``
+  (a Hydra callback in ``conf/hydra/default.yaml``) when the job ends;
+- ``csv/hparams.yaml`` and ``csv/metrics.csv``: the resolved config and every logged metric;
+- ``wandb/offline-run-*``: the same metrics in the W&B offline run (read when the CSV is missing);
+- ``summary.json``: validation before and after training, steps, wall time, peak memory.
+
+A job without ``status.json`` was interrupted (or is still running); a job that failed is kept,
+with its error, so that a report names it instead of dropping it.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+
+COMPLETED, FAILED, INCOMPLETE = "completed", "failed", "incomplete"
+
+
+class JobStatusCallback(Callback):
+    """Write ``<output_dir>/status.json`` when a Hydra job ends: its status and, if it failed,
+    the error and traceback (Hydra itself keeps a failed job's exception only in memory)."""
+
+    def on_job_end(self, config, job_return: JobReturn, **kwargs: Any) -> None:
+        out = Path(job_return.hydra_cfg.hydra.runtime.output_dir) if job_return.hydra_cfg else None
+        if out is None or not out.exists():
+            return
+        record: dict[str, Any] = {"status": COMPLETED, "overrides": list(job_return.overrides or [])}
+        if job_return.status == JobStatus.FAILED:
+            error = job_return._return_value
+            record.update(
+                status=FAILED,
+                error=f"{type(error).__name__}: {error}",
+                traceback="".join(traceback.format_exception(error)),
+            )
+        elif job_return.status != JobStatus.COMPLETED:
+            record["status"] = INCOMPLETE
+        (out / "status.json").write_text(json.dumps(record, indent=2))
+
+
+@dataclass
+class Job:
+    """One job of a sweep as found on disk."""
+
+    dir: Path
+    number: int
+    status: str
+    overrides: list[str]
+    config: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    error: str = ""
+
+    def override(self, key: str) -> str | None:
+        """The value this job's overrides give ``key`` (``method=tbrm_n1`` -> ``tbrm_n1``)."""
+        return dict(o.lstrip("+~").split("=", 1) for o in self.overrides if "=" in o).get(key)
+
+    def get(self, dotted: str, default: Any = None) -> Any:
+        """A value of the resolved config by dotted key."""
+        node: Any = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    @property
+    def algorithm(self) -> str:
+        name = self.summary.get("algorithm") or str(self.get("algorithm._target_", "?")).rsplit(".", 1)[-1]
+        return name.lower()
+
+    @property
+    def n(self) -> int | None:
+        return self.get("rollout.n")
+
+    @property
+    def beta(self) -> float | None:
+        beta = self.get("algorithm.beta")
+        return float(beta) if isinstance(beta, int | float) else None
+
+    @property
+    def seed(self) -> int | None:
+        return self.get("seed")
+
+
+def _read_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text()) if path.exists() else None
+
+
+def read_metrics(job_dir: Path) -> pd.DataFrame:
+    """Every logged metric of a job, one row per logging call, with a ``step`` column: from the
+    CSV logger, or from the W&B offline run when the job logged only to W&B."""
+    csv_path = job_dir / "csv" / "metrics.csv"
+    if csv_path.exists() and csv_path.stat().st_size:
+        return pd.read_csv(csv_path)
+    runs = sorted((job_dir / "wandb").glob("offline-run-*"))
+    if runs:
+        from tbrm.wandb_offline import read_offline_run
+
+        rows = read_offline_run(runs[-1])["history"]
+        frame = pd.DataFrame(rows)
+        if "trainer/global_step" in frame:
+            frame = frame.rename(columns={"trainer/global_step": "step"})
+        return frame.drop(columns=[c for c in frame if c.startswith("_")], errors="ignore")
+    return pd.DataFrame()
+
+
+def _resolved_config(job_dir: Path) -> dict:
+    """The resolved config the job logged (csv/hparams.yaml, else the W&B run's), or Hydra's
+    composed config (unresolved interpolations kept as text) for a job that failed before logging."""
+    hparams = _read_yaml(job_dir / "csv" / "hparams.yaml")
+    if hparams:
+        return hparams
+    runs = sorted((job_dir / "wandb").glob("offline-run-*"))
+    if runs:
+        from tbrm.wandb_offline import read_offline_run
+
+        config = read_offline_run(runs[-1])["config"]
+        if config:
+            return {k: v for k, v in config.items() if not k.startswith("_")}
+    return _read_yaml(job_dir / ".hydra" / "config.yaml") or {}
+
+
+def read_job(job_dir: str | Path) -> Job:
+    """Read one job folder (a folder with ``.hydra/``)."""
+    job_dir = Path(job_dir)
+    status_record = json.loads((job_dir / "status.json").read_text()) if (job_dir / "status.json").exists() else {}
+    summary_path = job_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    status = status_record.get("status") or (COMPLETED if summary else INCOMPLETE)
+    if status == COMPLETED and not summary and (job_dir / "csv").exists():
+        status = INCOMPLETE  # a training job that ended without writing its summary
+    try:
+        number = int(job_dir.name)
+    except ValueError:
+        number = -1
+    return Job(
+        dir=job_dir,
+        number=number,
+        status=status,
+        overrides=list(_read_yaml(job_dir / ".hydra" / "overrides.yaml") or []),
+        config=_resolved_config(job_dir),
+        summary=summary,
+        metrics=read_metrics(job_dir),
+        error=status_record.get("error", "" if status != INCOMPLETE else "no status.json: interrupted or running"),
+    )
+
+
+def load_sweep(sweep_dir: str | Path) -> list[Job]:
+    """Every job of a multirun directory, in job-number order (failed and interrupted ones too)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(
+            f"{sweep_dir} is not a directory; pass a multirun folder (logs/train/multiruns/<time>)."
+        )
+    dirs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    if not dirs and (sweep_dir / ".hydra" / "overrides.yaml").exists():
+        dirs = [sweep_dir]  # a single run
+    if not dirs:
+        raise FileNotFoundError(
+            f"no Hydra jobs in {sweep_dir} (no <job>/.hydra/overrides.yaml); pass the folder a "
+            "`python run.py -m ...` printed, e.g. logs/train/multiruns/<time>."
+        )
+    jobs = [read_job(d) for d in dirs]
+    return sorted(jobs, key=lambda j: (j.number, str(j.dir)))
+
+
+def json_safe(value: Any) -> Any:
+    """NaN-free JSON values for report files."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
