@@ -301,3 +301,21 @@ def test_paper_presets_train_and_evaluate_on_a_local_qwen2_model(repo_root, math
         assert any(r.get("data/skipped_rows/train") == "0.0" for r in rows)
         # the deduplicated DAPO copy: 16 distinct problems, each read twice, prompts in the Qwen-Math format
         assert "16 distinct questions (32 rows read)" in (out / "run.log").read_text()
+
+
+def test_optuna_hparams_search_runs_trials_and_the_report_reads_them(repo_root, tmp_path):
+    from conftest import SMOKE
+
+    from tbrm.report.build import make_report
+
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    run(repo_root, tmp_path, "hparams_search=tbrm_optuna", "hydra.sweeper.n_trials=2", "data.batch_size=8",
+        f"hydra.sweep.dir={sweep}", tiny=SMOKE)  # fmt: skip
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(result["best_params"]) == {"optimizer.lr", "algorithm.beta"} and 0 <= result["best_value"] <= 1
+    for job in ("0", "1"):
+        overrides = dict(o.split("=", 1) for o in yaml.safe_load((sweep / job / ".hydra/overrides.yaml").read_text()))
+        assert 1e-5 <= float(overrides["optimizer.lr"]) <= 3e-4 and 0.01 <= float(overrides["algorithm.beta"]) <= 0.5
+    report = make_report(sweep, tmp_path / "report", figures=False)
+    assert len(report.arms) == 2 and all("optimizer.lr=" in arm.label for arm in report.arms)

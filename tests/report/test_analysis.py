@@ -112,6 +112,15 @@ def test_arms_group_seeds_and_name_only_what_algorithm_n_and_beta_do_not_say():
         "tbrm n=1 β=0.05 optimizer.lr=0.0001",
         "tbrm n=1 β=0.05 optimizer.lr=0.0003",
     ]
+    # an Optuna search varies lr and beta together: the lr is still named
+    trials = [
+        job(i, [f"optimizer.lr={lr}", f"algorithm.beta={b}"], beta=b)
+        for i, (lr, b) in enumerate([(1e-4, 0.1), (2e-4, 0.3)])
+    ]
+    assert [a.label for a in group_arms(trials)] == [
+        "tbrm n=1 β=0.1 optimizer.lr=0.0001",
+        "tbrm n=1 β=0.3 optimizer.lr=0.0002",
+    ]
 
 
 def test_arm_table_counts_failed_seeds_and_gives_intervals():

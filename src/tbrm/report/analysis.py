@@ -2,8 +2,9 @@
 
 An *arm* is one setting of a sweep run over several seeds: the jobs that agree on everything the
 sweep varied except ``seed``. Its label names the algorithm, rollouts per prompt ``n`` and
-``beta``, plus any other swept key that those three do not already tell apart (so
-``kl_ablation.level`` or ``method`` never clutter a label, a swept ``optimizer.lr`` does).
+``beta``, plus the other swept keys, except those that only index them: a config-group choice
+they imply (``method=tbrm_n1``) or a key with fewer values than they have that they imply
+(``kl_ablation.level``). A swept ``optimizer.lr`` is named, even when it varies with beta.
 
 Intervals are Student-t 95% intervals over seeds: mean +- t(0.975, k-1) * sd / sqrt(k) for k
 seeds (no interval from one seed).
@@ -167,7 +168,11 @@ def group_arms(jobs: list[Job]) -> list[Arm]:
         seen: dict[tuple, set] = {}
         for j in jobs:
             seen.setdefault(base[id(j)], set()).add(j.override(key))
-        if any(len(v) > 1 for v in seen.values()):  # algorithm, n and beta do not tell these apart
+        implied = all(len(v) == 1 for v in seen.values())  # a function of algorithm, n and beta
+        # hidden: a group choice (method=...) implied by them, or an index coarser than them
+        # (kl_ablation.level); shown: anything else (a swept lr, even one that varies with beta)
+        coarser = len({j.override(key) for j in jobs}) < len(seen)
+        if not (implied and ("." not in key or coarser)):
             named.append(key)
     arms: dict[tuple, Arm] = {}
     for j in jobs:

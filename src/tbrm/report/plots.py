@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # files, never a window; notebooks show the returned figures inline
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tbrm.report.analysis import Arm, arm_table, band, train_band, val_curve  # noqa: E402
+from tbrm.report.analysis import Arm, arm_table, band, train_band, val_curve
 
 CMAPS = ["Blues", "Oranges", "Greens", "Purples", "Reds", "Greys"]
 

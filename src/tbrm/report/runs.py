@@ -177,6 +177,20 @@ def load_sweep(sweep_dir: str | Path) -> list[Job]:
     return sorted(jobs, key=lambda j: (j.number, str(j.dir)))
 
 
+def latest_sweep(root: str | Path | None = None) -> Path:
+    """The newest multirun folder under ``<root>/logs/*/multiruns/`` (root: the current folder or
+    the nearest parent that has ``logs/``), for notebooks opened without a sweep named."""
+    start = Path(root or Path.cwd()).resolve()
+    for base in (start, *start.parents):
+        sweeps = [p for p in base.glob("logs/*/multiruns/*") if p.is_dir()]
+        if sweeps:
+            return max(sweeps, key=lambda p: p.stat().st_mtime)
+    raise FileNotFoundError(
+        f"no logs/*/multiruns/* under {start} or its parents; run a sweep (python run.py -m ...) "
+        "or set TBRM_SWEEP_DIR to a multirun folder."
+    )
+
+
 def json_safe(value: Any) -> Any:
     """NaN-free JSON values for report files."""
     if isinstance(value, float) and value != value:
