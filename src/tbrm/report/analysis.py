@@ -33,7 +33,7 @@ FINAL_METRICS = {
     "train_time_s": "seconds spent in training steps (validation excluded)",
     "wall_time_s": "seconds for the whole job",
 }
-SKIP_KEYS = ("seed",)
+SKIP_KEYS = ("seed", "algorithm.beta", "rollout.n")  # seeds are pooled; the label names beta and n
 TAIL = 5
 
 
