@@ -330,3 +330,22 @@ def test_the_replay_buffer_is_checkpointed(tiny_model_dir, tmp_path):
     restored.on_load_checkpoint(torch.load(tmp_path / "c.ckpt", weights_only=True))
     assert restored.generated == module.generated == 12 and len(restored.replay) == len(module.replay) == 12
     assert restored.replay.sample(2, 2) == module.replay.sample(2, 2)
+
+
+def test_track_kl_ref_loads_the_reference_at_beta_zero_and_logs_the_kl(tiny_model_dir):
+    """GRPO at beta = 0 needs no reference; with track_kl_ref it still measures the KL to it."""
+    grpo = GRPO(group_size=2, beta=0.0)
+    assert make(tiny_model_dir, objective=grpo).ref_model is None
+    torch.manual_seed(0)
+    module = RLModule(
+        str(tiny_model_dir),
+        grpo,
+        random_reward,
+        rollout={**ROLLOUT, "n": 2},
+        optimizer=OPTIM,
+        track_kl_ref=True,
+    )
+    assert module.ref_model is not None
+    _, metrics = fit(module, steps=3)
+    assert "train/kl_ref" in metrics[-1] and metrics[0]["train/kl_ref"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics[-1]["train/kl_ref"] != 0.0  # the policy moved away from the reference

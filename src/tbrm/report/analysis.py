@@ -33,6 +33,7 @@ FINAL_METRICS = {
     "train_time_s": "seconds spent in training steps (validation excluded)",
     "wall_time_s": "seconds for the whole job",
 }
+VAL_COLUMNS = ["steps", "samples", "elapsed_s", "val/accuracy", "val/accuracy_sampled"]
 SKIP_KEYS = ("seed", "algorithm.beta", "rollout.n")  # seeds are pooled; the label names beta and n
 TAIL = 5
 
@@ -72,29 +73,30 @@ def val_curve(job: Job) -> pd.DataFrame:
     """
     m = job.metrics
     if m.empty or "val/accuracy" not in m:
-        return pd.DataFrame(columns=["steps", "samples", "elapsed_s", "val/accuracy", "val/accuracy_sampled"])
-    generated = _column(m, "train/generated").fillna(_column(m, "train/completions"))
-    is_train = _column(m, "train/completions").notna()
+        return pd.DataFrame(columns=VAL_COLUMNS)
+    completions = _column(m, "train/completions").to_numpy()
+    generated = _column(m, "train/generated").fillna(_column(m, "train/completions")).to_numpy()
+    elapsed_s = _column(m, "perf/elapsed_s").to_numpy()
+    step_s = _column(m, "perf/step_s").fillna(0.0).to_numpy()
+    acc, acc_sampled = _column(m, "val/accuracy").to_numpy(), _column(m, "val/accuracy_sampled").to_numpy()
     points = []
     steps = samples = elapsed = 0.0
     for i in range(len(m)):
-        if is_train.iloc[i]:
+        if np.isfinite(completions[i]):  # a training step's row
             steps += 1
-            samples = generated.iloc[i] if np.isfinite(generated.iloc[i]) else samples
-            e = _column(m, "perf/elapsed_s").iloc[i]
-            elapsed = e if np.isfinite(e) else elapsed + (_column(m, "perf/step_s").iloc[i] or 0.0)
-        acc = _column(m, "val/accuracy").iloc[i]
-        if np.isfinite(acc):
+            samples = generated[i] if np.isfinite(generated[i]) else samples
+            elapsed = elapsed_s[i] if np.isfinite(elapsed_s[i]) else elapsed + step_s[i]
+        if np.isfinite(acc[i]):
             points.append(
                 {
                     "steps": steps,
                     "samples": samples,
                     "elapsed_s": elapsed,
-                    "val/accuracy": acc,
-                    "val/accuracy_sampled": _column(m, "val/accuracy_sampled").iloc[i],
+                    "val/accuracy": acc[i],
+                    "val/accuracy_sampled": acc_sampled[i],
                 }
             )
-    return pd.DataFrame(points)
+    return pd.DataFrame(points, columns=VAL_COLUMNS)
 
 
 def final_metrics(job: Job) -> dict[str, float]:
