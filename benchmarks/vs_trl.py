@@ -1,0 +1,216 @@
+"""Our GRPO against TRL's GRPOTrainer on the same model, prompts, reward, group size and lengths,
+plus our TBRM n=1 and PPO n=1 at the same number of completions per step.
+
+    pip install -e ".[bench]"                       # trl
+    python benchmarks/vs_trl.py                      # 32 completions per step, 48 new tokens
+    python benchmarks/vs_trl.py --completions 16 --steps 8
+
+Each trainer runs in its own child process, one after the other (so its peak RSS is its own),
+on a random-init copy of the embedded default's architecture (2.6M-parameter Llama, character
+tokenizer) saved with save_pretrained. Settings shared by both GRPOs: groups of ``--n``, beta 0
+(TRL's default: no reference model), clip 0.2, group-std advantages, token-mean loss (TRL's
+``dapo``), one update per generation batch, temperature 1.0, AdamW at lr 1e-5, float32 on CPU.
+A step's time is wall-clock from the start of the step (generation included) to the optimizer
+step; the table shows the median over ``--steps`` steps after ``--warmup`` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENGINES = ["trl-grpo", "grpo", "tbrm", "ppo"]
+
+
+def save_model(path: Path) -> None:
+    from tbrm.data.arithmetic import ArithmeticTask
+    from tbrm.models.tiny import build_char_tokenizer, build_tiny_model
+
+    tokenizer = build_char_tokenizer(ArithmeticTask().alphabet())
+    build_tiny_model(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+PHASES = ("perf/rollout_s", "perf/ref_s", "perf/update_s")
+
+
+def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
+    import lightning as L
+
+    from tbrm.data.arithmetic import ArithmeticTask
+    from tbrm.data.datamodule import PromptDataModule
+    from tbrm.module import RLModule
+    from tbrm.objectives import GRPO, PPO, TBRM
+    from tbrm.rewards import exact_number_reward
+
+    n = args.n if engine == "grpo" else 1
+    objective = {
+        "grpo": lambda: GRPO(group_size=n, beta=0.0, loss_agg_mode="token-mean"),
+        "tbrm": lambda: TBRM(beta=0.05),
+        "ppo": lambda: PPO(beta=0.05),
+    }[engine]()
+    module = RLModule(
+        str(args.model),
+        objective,
+        exact_number_reward,
+        rollout={"n": n, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": args.max_new_tokens},
+        optimizer={"lr": 1e-5, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 1.0},
+    )
+    times: list[float] = []
+    phases: dict[str, list[float]] = {k: [] for k in PHASES}
+
+    class Timer(L.Callback):
+        def on_train_batch_start(self, *a):
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, *a):
+            times.append(time.perf_counter() - self.t0)
+            for key in PHASES:
+                phases[key].append(float(trainer.callback_metrics[key]))
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=args.warmup + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[Timer()],
+    )
+    task = ArithmeticTask(num_val=8, num_test=8)
+    trainer.fit(module, datamodule=PromptDataModule(task, batch_size=args.completions // n, val_batch_size=8))
+    return times, phases
+
+
+def run_trl(args) -> list[float]:
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tbrm.data.arithmetic import ArithmeticTask
+    from tbrm.rewards import exact_number_reward
+
+    task = ArithmeticTask(num_val=8, num_test=8)
+    rows = [{"prompt": r["prompt"], "answer": r["answer"]} for r in task.splits()["train"]]
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t0)
+
+    def reward(completions, answer, **kwargs):
+        return exact_number_reward(completions, answer)
+
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(),
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=args.completions,  # TRL counts completions, not prompts
+        num_generations=args.n,
+        max_completion_length=args.max_new_tokens,
+        max_steps=args.warmup + args.steps,
+        learning_rate=1e-5,
+        lr_scheduler_type="constant",
+        beta=0.0,
+        epsilon=0.2,
+        loss_type="dapo",
+        scale_rewards="group",
+        temperature=1.0,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+    )
+    trainer = GRPOTrainer(
+        model=str(args.model),
+        reward_funcs=reward,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(args.model),
+        callbacks=[Timer()],
+    )
+    trainer.train()
+    return times, {}
+
+
+def child(args) -> None:
+    times, phases = run_trl(args) if args.engine == "trl-grpo" else run_ours(args.engine, args)
+    steady = times[args.warmup :]
+    record = {
+        "engine": args.engine,
+        "step_s": statistics.median(steady),
+        "steps": len(steady),
+        "peak_rss_gb": peak_rss_gb(),
+        **{key: statistics.median(values[args.warmup :]) for key, values in phases.items()},
+    }
+    print("RESULT " + json.dumps(record), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--completions", type=int, default=32, help="completions per step (all engines)")
+    parser.add_argument("--n", type=int, default=4, help="GRPO group size (TBRM and PPO use 1)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
+    parser.add_argument("--engine", help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.engine:
+        return child(args)
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "model"
+        save_model(model)
+        for engine in args.engines:
+            cmd = [sys.executable, __file__, "--engine", engine, "--model", str(model)]
+            cmd += [f"--completions={args.completions}", f"--n={args.n}", f"--max-new-tokens={args.max_new_tokens}"]
+            cmd += [f"--steps={args.steps}", f"--warmup={args.warmup}"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                print(f"{engine} failed ({proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+                continue
+            results[engine] = json.loads(lines[-1][len("RESULT ") :])
+            print(f"{engine}: {results[engine]}", file=sys.stderr)
+
+    print(
+        f"\n{args.completions} completions per step, groups of {args.n} (TBRM/PPO: 1), {args.max_new_tokens} new "
+        f"tokens, median of {args.steps} steps after {args.warmup}; one process per engine, CPU.\n"
+    )
+    header = ["engine", "s / step", "rollout s", "reference s", "update s", "peak RSS GB", "step / TRL", "RSS / TRL"]
+    print("| " + " | ".join(header) + " |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    base = results.get("trl-grpo")
+    for engine, r in results.items():
+        ratio = f"{r['step_s'] / base['step_s']:.2f}x" if base else "-"
+        mem = f"{r['peak_rss_gb'] / base['peak_rss_gb']:.2f}x" if base else "-"
+        split = " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in PHASES)
+        print(f"| {engine} | {r['step_s']:.3f} | {split} | {r['peak_rss_gb']:.2f} | {ratio} | {mem} |")
+    if "tbrm" in results and "ppo" in results:
+        t, p = results["tbrm"], results["ppo"]
+        step, rss = t["step_s"] / p["step_s"], t["peak_rss_gb"] / p["peak_rss_gb"]
+        print(f"\nTBRM n=1 / PPO n=1: step time {step:.2f}x, peak RSS {rss:.2f}x")
+    flags = f"--completions {args.completions} --n {args.n} --steps {args.steps}"
+    print(f"\nReproduce: python benchmarks/vs_trl.py {flags}")
+
+
+if __name__ == "__main__":
+    main()
