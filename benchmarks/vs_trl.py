@@ -11,7 +11,10 @@ tokenizer) saved with save_pretrained. Settings shared by both GRPOs: groups of 
 (TRL's default: no reference model), clip 0.2, group-std advantages, token-mean loss (TRL's
 ``dapo``), one update per generation batch, temperature 1.0, AdamW at lr 1e-5, float32 on CPU.
 A step's time is wall-clock from the start of the step (generation included) to the optimizer
-step; the table shows the median over ``--steps`` steps after ``--warmup`` steps.
+step; the table shows the median over ``--steps`` steps after ``--warmup`` steps. Peak tensor
+memory (ours only) comes from a second child that profiles one warm-up and one step with
+torch.profiler's memory timeline: parameters (reference and critic included), gradients,
+optimizer states, activations and temporaries. Peak RSS is mostly libraries at this size.
 """
 
 from __future__ import annotations
@@ -90,8 +93,25 @@ def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
         callbacks=[Timer()],
     )
     task = ArithmeticTask(num_val=8, num_test=8)
-    trainer.fit(module, datamodule=PromptDataModule(task, batch_size=args.completions // n, val_batch_size=8))
-    return times, phases
+    datamodule = PromptDataModule(task, batch_size=args.completions // n, val_batch_size=8)
+    if not args.profile_memory:
+        trainer.fit(module, datamodule=datamodule)
+        return times, phases
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        trainer.fit(module, datamodule=datamodule)
+    return times, {"peak_tensor_gb": [peak_tensor_bytes(prof) / 1e9]}
+
+
+def peak_tensor_bytes(prof) -> float:
+    """Peak of what torch holds over the profiled steps (parameters, gradients, optimizer states,
+    activations, temporaries), from the profiler's memory timeline."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return float(max(sum(s) for s in sizes))
 
 
 def run_trl(args) -> list[float]:
@@ -150,6 +170,9 @@ def run_trl(args) -> list[float]:
 
 def child(args) -> None:
     times, phases = run_trl(args) if args.engine == "trl-grpo" else run_ours(args.engine, args)
+    if args.profile_memory:
+        print("RESULT " + json.dumps({"engine": args.engine, "peak_tensor_gb": phases["peak_tensor_gb"][0]}))
+        return
     steady = times[args.warmup :]
     record = {
         "engine": args.engine,
@@ -161,6 +184,15 @@ def child(args) -> None:
     print("RESULT " + json.dumps(record), flush=True)
 
 
+def run_child(cmd: list[str], engine: str) -> dict | None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        print(f"{engine} failed ({proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--completions", type=int, default=32, help="completions per step (all engines)")
@@ -170,6 +202,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine:
@@ -182,32 +215,44 @@ def main() -> None:
         for engine in args.engines:
             cmd = [sys.executable, __file__, "--engine", engine, "--model", str(model)]
             cmd += [f"--completions={args.completions}", f"--n={args.n}", f"--max-new-tokens={args.max_new_tokens}"]
-            cmd += [f"--steps={args.steps}", f"--warmup={args.warmup}"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                print(f"{engine} failed ({proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+            timed = run_child(cmd + [f"--steps={args.steps}", f"--warmup={args.warmup}"], engine)
+            if timed is None:
                 continue
-            results[engine] = json.loads(lines[-1][len("RESULT ") :])
+            results[engine] = timed
+            if engine != "trl-grpo":  # a second child: one warm-up and one profiled step
+                memory = run_child(cmd + ["--steps=1", "--warmup=1", "--profile-memory"], engine)
+                results[engine]["peak_tensor_gb"] = memory["peak_tensor_gb"] if memory else float("nan")
             print(f"{engine}: {results[engine]}", file=sys.stderr)
 
     print(
         f"\n{args.completions} completions per step, groups of {args.n} (TBRM/PPO: 1), {args.max_new_tokens} new "
         f"tokens, median of {args.steps} steps after {args.warmup}; one process per engine, CPU.\n"
     )
-    header = ["engine", "s / step", "rollout s", "reference s", "update s", "peak RSS GB", "step / TRL", "RSS / TRL"]
+    header = [
+        "engine",
+        "s / step",
+        "rollout s",
+        "reference s",
+        "update s",
+        "tensor GB",
+        "RSS GB",
+        "step / TRL",
+        "RSS / TRL",
+    ]
     print("| " + " | ".join(header) + " |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("|" + " --- |" * len(header))
     base = results.get("trl-grpo")
     for engine, r in results.items():
         ratio = f"{r['step_s'] / base['step_s']:.2f}x" if base else "-"
         mem = f"{r['peak_rss_gb'] / base['peak_rss_gb']:.2f}x" if base else "-"
         split = " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in PHASES)
-        print(f"| {engine} | {r['step_s']:.3f} | {split} | {r['peak_rss_gb']:.2f} | {ratio} | {mem} |")
+        tensor = f"{r['peak_tensor_gb']:.3f}" if "peak_tensor_gb" in r else "-"
+        print(f"| {engine} | {r['step_s']:.3f} | {split} | {tensor} | {r['peak_rss_gb']:.2f} | {ratio} | {mem} |")
     if "tbrm" in results and "ppo" in results:
         t, p = results["tbrm"], results["ppo"]
         step, rss = t["step_s"] / p["step_s"], t["peak_rss_gb"] / p["peak_rss_gb"]
-        print(f"\nTBRM n=1 / PPO n=1: step time {step:.2f}x, peak RSS {rss:.2f}x")
+        tensors = t["peak_tensor_gb"] / p["peak_tensor_gb"]
+        print(f"\nTBRM n=1 / PPO n=1: step time {step:.2f}x, peak tensor memory {tensors:.2f}x, peak RSS {rss:.2f}x")
     flags = f"--completions {args.completions} --n {args.n} --steps {args.steps}"
     print(f"\nReproduce: python benchmarks/vs_trl.py {flags}")
 
