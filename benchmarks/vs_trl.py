@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,10 +38,6 @@ def save_model(path: Path) -> None:
     tokenizer = build_char_tokenizer(ArithmeticTask().alphabet())
     build_tiny_model(tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 PHASES = ("perf/rollout_s", "perf/ref_s", "perf/update_s")
@@ -169,6 +164,8 @@ def run_trl(args) -> list[float]:
 
 
 def child(args) -> None:
+    from tbrm.utils import peak_mem_gb
+
     times, phases = run_trl(args) if args.engine == "trl-grpo" else run_ours(args.engine, args)
     if args.profile_memory:
         print("RESULT " + json.dumps({"engine": args.engine, "peak_tensor_gb": phases["peak_tensor_gb"][0]}))
@@ -178,7 +175,7 @@ def child(args) -> None:
         "engine": args.engine,
         "step_s": statistics.median(steady),
         "steps": len(steady),
-        "peak_rss_gb": peak_rss_gb(),
+        "peak_rss_gb": peak_mem_gb("cpu"),  # the process's max RSS
         **{key: statistics.median(values[args.warmup :]) for key, values in phases.items()},
     }
     print("RESULT " + json.dumps(record), flush=True)

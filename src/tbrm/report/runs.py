@@ -99,43 +99,48 @@ def _read_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text()) if path.exists() else None
 
 
-def read_metrics(job_dir: Path) -> pd.DataFrame:
+def offline_run(job_dir: Path) -> dict | None:
+    """The job's newest W&B offline run, read (``tbrm.wandb_offline.read_offline_run``), or None."""
+    runs = sorted((Path(job_dir) / "wandb").glob("offline-run-*"))
+    if not runs:
+        return None
+    from tbrm.wandb_offline import read_offline_run
+
+    return read_offline_run(runs[-1])
+
+
+def read_metrics(job_dir: Path, wandb_run: dict | None = None) -> pd.DataFrame:
     """Every logged metric of a job, one row per logging call, with a ``step`` column: from the
-    CSV logger, or from the W&B offline run when the job logged only to W&B."""
+    CSV logger, or from the W&B offline run (``wandb_run``, read when not given) when the job
+    logged only to W&B."""
     csv_path = job_dir / "csv" / "metrics.csv"
     if csv_path.exists() and csv_path.stat().st_size:
         return pd.read_csv(csv_path)
-    runs = sorted((job_dir / "wandb").glob("offline-run-*"))
-    if runs:
-        from tbrm.wandb_offline import read_offline_run
-
-        rows = read_offline_run(runs[-1])["history"]
-        frame = pd.DataFrame(rows)
+    wandb_run = wandb_run or offline_run(job_dir)
+    if wandb_run:
+        frame = pd.DataFrame(wandb_run["history"])
         if "trainer/global_step" in frame:
             frame = frame.rename(columns={"trainer/global_step": "step"})
         return frame.drop(columns=[c for c in frame if c.startswith("_")], errors="ignore")
     return pd.DataFrame()
 
 
-def _resolved_config(job_dir: Path) -> dict:
+def _resolved_config(job_dir: Path, wandb_run: dict | None) -> dict:
     """The resolved config the job logged (csv/hparams.yaml, else the W&B run's), or Hydra's
     composed config (unresolved interpolations kept as text) for a job that failed before logging."""
     hparams = _read_yaml(job_dir / "csv" / "hparams.yaml")
     if hparams:
         return hparams
-    runs = sorted((job_dir / "wandb").glob("offline-run-*"))
-    if runs:
-        from tbrm.wandb_offline import read_offline_run
-
-        config = read_offline_run(runs[-1])["config"]
-        if config:
-            return {k: v for k, v in config.items() if not k.startswith("_")}
+    if wandb_run and wandb_run["config"]:
+        return {k: v for k, v in wandb_run["config"].items() if not k.startswith("_")}
     return _read_yaml(job_dir / ".hydra" / "config.yaml") or {}
 
 
 def read_job(job_dir: str | Path) -> Job:
     """Read one job folder (a folder with ``.hydra/``)."""
     job_dir = Path(job_dir)
+    has_csv = (job_dir / "csv" / "hparams.yaml").exists() and (job_dir / "csv" / "metrics.csv").exists()
+    wandb_run = None if has_csv else offline_run(job_dir)  # read once, only when the CSV is missing
     status_record = json.loads((job_dir / "status.json").read_text()) if (job_dir / "status.json").exists() else {}
     summary_path = job_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -151,9 +156,9 @@ def read_job(job_dir: str | Path) -> Job:
         number=number,
         status=status,
         overrides=list(_read_yaml(job_dir / ".hydra" / "overrides.yaml") or []),
-        config=_resolved_config(job_dir),
+        config=_resolved_config(job_dir, wandb_run),
         summary=summary,
-        metrics=read_metrics(job_dir),
+        metrics=read_metrics(job_dir, wandb_run),
         error=status_record.get("error", "" if status != INCOMPLETE else "no status.json: interrupted or running"),
     )
 

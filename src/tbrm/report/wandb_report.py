@@ -10,21 +10,18 @@ Building needs no server; ``save()`` needs W&B online (``WANDB_MODE`` unset or `
 from __future__ import annotations
 
 from tbrm.report.analysis import Arm
+from tbrm.report.runs import offline_run
 
 STEP = "trainer/global_step"  # Lightning's WandbLogger x-axis
 
 
 def sweep_group(arms: list[Arm], default: str) -> str:
     """The W&B group of the sweep's runs: the group their offline runs recorded, else ``default``."""
-    from tbrm.wandb_offline import read_offline_run
-
     for arm in arms:
         for job in arm.completed:
-            runs = sorted((job.dir / "wandb").glob("offline-run-*"))
-            if runs:
-                group = read_offline_run(runs[-1]).get("group")
-                if group:
-                    return group
+            run = offline_run(job.dir)
+            if run and run.get("group"):
+                return run["group"]
     return default
 
 
