@@ -67,6 +67,8 @@ def train(cfg: DictConfig) -> float | None:
         rollout=OmegaConf.to_container(cfg.rollout, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         micro_batch_size=cfg.optimizer.micro_batch_size,
+        micro_batch_tokens=cfg.optimizer.micro_batch_tokens,
+        split_cost_tokens=cfg.optimizer.split_cost_tokens,
         model_options=load_options(cfg.model),
         replay=instantiate(cfg.replay) if cfg.get("replay") else None,
         track_kl_ref=cfg.track_kl_ref,

@@ -29,14 +29,30 @@ import time
 from pathlib import Path
 
 ENGINES = ["trl-grpo", "grpo", "tbrm", "ppo"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def save_model(path: Path) -> None:
+def save_model(path: Path, which: str) -> None:
+    """``random``: a random-init copy of the embedded default; ``warm``: the embedded default's
+    warm start (the SFT'd model ``python run.py`` trains, built into the cache if missing)."""
     from tbrm.data.arithmetic import ArithmeticTask
+    from tbrm.models.loading import load_model_and_tokenizer
     from tbrm.models.tiny import build_char_tokenizer, build_tiny_model
 
-    tokenizer = build_char_tokenizer(ArithmeticTask().alphabet())
-    build_tiny_model(tokenizer).save_pretrained(path)
+    if which == "random":
+        tokenizer = build_char_tokenizer(ArithmeticTask().alphabet())
+        model = build_tiny_model(tokenizer)
+    else:
+        from hydra import compose, initialize_config_dir
+        from hydra.utils import instantiate
+
+        from tbrm.models import resolve_policy
+
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=[f"paths.root_dir={ROOT}"])
+        source = resolve_policy(cfg.model, instantiate(cfg.data.task), cfg.data.task, cfg.paths.cache_dir)
+        model, tokenizer = load_model_and_tokenizer(source)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
 
 
@@ -198,6 +214,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
+    parser.add_argument(
+        "--model-init",
+        choices=["warm", "random"],
+        default="warm",
+        help="warm: the embedded default's warm start (rewards vary, completions run to ~42 tokens); "
+        "random: a random-init copy (every reward 0, completions end at a random EOS)",
+    )
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--profile-memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -208,7 +231,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model"
-        save_model(model)
+        save_model(model, args.model_init)
         for engine in args.engines:
             cmd = [sys.executable, __file__, "--engine", engine, "--model", str(model)]
             cmd += [f"--completions={args.completions}", f"--n={args.n}", f"--max-new-tokens={args.max_new_tokens}"]
@@ -250,7 +273,7 @@ def main() -> None:
         step, rss = t["step_s"] / p["step_s"], t["peak_rss_gb"] / p["peak_rss_gb"]
         tensors = t["peak_tensor_gb"] / p["peak_tensor_gb"]
         print(f"\nTBRM n=1 / PPO n=1: step time {step:.2f}x, peak tensor memory {tensors:.2f}x, peak RSS {rss:.2f}x")
-    flags = f"--completions {args.completions} --n {args.n} --steps {args.steps}"
+    flags = f"--model-init {args.model_init} --completions {args.completions} --n {args.n} --steps {args.steps}"
     print(f"\nReproduce: python benchmarks/vs_trl.py {flags}")
 
 

@@ -43,7 +43,13 @@ def fit(module, steps=2, datamodule=None, **trainer_kwargs):
 
 
 def make(
-    tiny_model_dir, reward=exact_number_reward, micro_batch_size=None, objective=None, model_options=None, replay=None
+    tiny_model_dir,
+    reward=exact_number_reward,
+    micro_batch_size=None,
+    objective=None,
+    model_options=None,
+    replay=None,
+    **batching,
 ):
     return RLModule(
         str(tiny_model_dir),
@@ -54,6 +60,7 @@ def make(
         micro_batch_size=micro_batch_size,
         model_options=model_options,
         replay=replay,
+        **batching,
     )
 
 
@@ -109,20 +116,62 @@ def random_reward(completions, answers):
     ids=["tbrm", "grpo-token-mean", "grpo-seq-mean", "ppo"],
 )
 def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model_dir, objective):
+    """One micro-batch, at most 3 rows each, one per distinct length (split cost 0): same gradient."""
     grads = []
-    for micro in (None, 3):
+    for batching in ({"split_cost_tokens": 1e9}, {"micro_batch_size": 3}, {"split_cost_tokens": 0}):
         torch.manual_seed(0)
-        module = make(tiny_model_dir, reward=alternating_reward, micro_batch_size=micro, objective=objective())
+        module = make(tiny_model_dir, reward=alternating_reward, objective=objective(), **batching)
         captured = {}
         module.on_before_optimizer_step = lambda opt, captured=captured, m=module: captured.update(
             {n: p.grad.clone() for n, p in m.policy.named_parameters() if p.grad is not None}
         )
         fit(module, steps=1)
         grads.append(captured)
-    assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert grads[0].keys() == grads[1].keys() == grads[2].keys() and grads[0]
     assert any(g.abs().sum() > 0 for g in grads[0].values())
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
+    for other in grads[1:]:
+        for name in grads[0]:
+            torch.testing.assert_close(grads[0][name], other[name], atol=1e-5, rtol=1e-4)
+
+
+def test_bad_micro_batch_caps_fail_when_the_module_is_built(tiny_model_dir):
+    with pytest.raises(ValueError, match="micro_batch_tokens must be >= 1"):
+        make(tiny_model_dir, micro_batch_tokens=0)
+
+
+class GroupsThenTies:
+    """First call: groups of 2 with equal rewards (inert under GRPO) and mixed ones, alternating;
+    later calls: one reward for everything, so every row is inert."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, completions, answers):
+        self.calls += 1
+        if self.calls > 1:
+            return [1.0] * len(completions)
+        return [[1.0, 1.0, 0.0, 1.0][i % 4] for i in range(len(completions))]
+
+
+def test_grpo_skips_zero_advantage_rows_without_changing_the_update(tiny_model_dir):
+    """Half the groups tie at step 1 and all of them at step 2: skipping their forward/backward
+    leaves the parameters after both steps as they are without skipping (AdamW's step on an
+    all-zero gradient included)."""
+    results = []
+    for skip in (False, True):
+        torch.manual_seed(0)
+        objective = GRPO(group_size=2, beta=0.0, skip_zero_advantage=skip)
+        module = make(tiny_model_dir, reward=GroupsThenTies(), objective=objective)
+        initial = {k: v.clone() for k, v in module.policy.state_dict().items()}
+        _, metrics = fit(module, steps=2)
+        results.append(({k: v.clone() for k, v in module.policy.state_dict().items()}, metrics))
+    (plain, plain_metrics), (skipped, metrics) = results
+    assert "train/inert_frac" not in plain_metrics[0]
+    assert [m["train/inert_frac"] for m in metrics] == [0.5, 1.0]
+    assert "train/entropy" in metrics[0]  # the updated rows' metrics are logged
+    assert any(not torch.equal(initial[k], v) for k, v in skipped.items())  # the update did something
+    for name, value in plain.items():
+        torch.testing.assert_close(skipped[name], value, atol=1e-6, rtol=1e-5)
 
 
 def test_gradient_checkpointing_gives_the_same_gradient_and_a_bf16_reference(tiny_model_dir):

@@ -24,6 +24,7 @@ from tbrm.models.critic import ValueModel
 from tbrm.models.loading import load_model_and_tokenizer
 from tbrm.objectives.common import aggregation_weight, masked_mean, sequence_kl
 from tbrm.rewards.scoring import score
+from tbrm.rollout.batching import plan_micro_batches
 from tbrm.rollout.hf import RolloutBatch, completion_logprobs, completion_values, generate_rollouts
 from tbrm.utils import peak_mem_gb, warmup_cosine
 
@@ -39,7 +40,9 @@ class RLModule(L.LightningModule):
         rollout: ``n, temperature, top_p, max_new_tokens`` for training rollouts (validation
             samples at the same temperature and top-p).
         optimizer: ``lr, betas, weight_decay, warmup_steps, min_lr_ratio, grad_clip``.
-        micro_batch_size: completions per forward/backward (gradients accumulate); None: all.
+        micro_batch_size, micro_batch_tokens: caps on the completions and padded positions of one
+            forward/backward (gradients accumulate; None: no cap); ``split_cost_tokens`` prices
+            one more micro-batch in padded positions (``tbrm.rollout.batching``).
         model_options: how the models load (``tbrm.models.loading.load_model_and_tokenizer``:
             ``dtype``, ``attn_implementation``, ``gradient_checkpointing``, ``trust_remote_code``),
             plus ``inference_dtype`` for the frozen reference (default: ``dtype``), which also
@@ -62,6 +65,8 @@ class RLModule(L.LightningModule):
         rollout: dict,
         optimizer: dict,
         micro_batch_size: int | None = None,
+        micro_batch_tokens: int | None = None,
+        split_cost_tokens: float = 256.0,
         model_options: dict | None = None,
         replay=None,
         track_kl_ref: bool = False,
@@ -77,7 +82,12 @@ class RLModule(L.LightningModule):
         self.reward_fn = reward_fn
         self.rollout_cfg = dict(rollout)
         self.optim_cfg = dict(optimizer)
-        self.micro_batch_size = micro_batch_size
+        self.batching = {
+            "max_rows": micro_batch_size,
+            "max_tokens": micro_batch_tokens,
+            "split_cost_tokens": split_cost_tokens,
+        }
+        plan_micro_batches([1], **self.batching)  # a bad cap fails here, not at the first step
         self.completions_seen = 0
         self.generated = 0  # completions sampled during training (0 when training from a file)
         self.last_generated = None  # (rollout, rewards, step) of the newest fresh completions
@@ -104,16 +114,25 @@ class RLModule(L.LightningModule):
         """Rewards of a rollout batch as a (batch,) float tensor, with a clear error on failure."""
         return torch.tensor(score(self.reward_fn, rollout.completions, rollout.answers), device=self.device)
 
-    def _no_grad_pass(self, fn, rollout: RolloutBatch, micro: int) -> list:
+    def _micro_batches(self, rollout: RolloutBatch, rows: list[int]) -> list[list[int]]:
+        """``rows`` of the rollout in micro-batches of similar length (``tbrm.rollout.batching``)."""
+        lengths = (rollout.prompt_mask[rows].sum(1) + rollout.completion_mask[rows].sum(1)).tolist()
+        return [[rows[i] for i in part] for part in plan_micro_batches(lengths, **self.batching)]
+
+    def _no_grad_pass(self, fn, rollout: RolloutBatch) -> list:
         """Run ``fn(micro_batch)`` under no_grad over micro-batches; pad each output back to the
-        rollout's width and concatenate (outputs: tuples of (rows,) or (rows, cols) tensors)."""
+        rollout's width and put its rows back in order (outputs: tuples of (rows,) or
+        (rows, cols) tensors)."""
         width = rollout.completion_ids.shape[1]
-        parts = []
+        parts, order = [], []
         with torch.no_grad():
-            for start in range(0, len(rollout), micro):
-                out = fn(rollout.select(slice(start, start + micro)))
+            for rows in self._micro_batches(rollout, list(range(len(rollout)))):
+                out = fn(rollout.select(rows))
                 parts.append([t if t.dim() == 1 else torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in out])
-        return [torch.cat(column) for column in zip(*parts, strict=True)]
+                order += rows
+        inverse = torch.empty(len(order), dtype=torch.long, device=self.device)
+        inverse[torch.tensor(order, device=self.device)] = torch.arange(len(order), device=self.device)
+        return [torch.cat(column)[inverse] for column in zip(*parts, strict=True)]
 
     def _check_stored(self, records: list[dict], where: str) -> None:
         """Stored trajectories must carry what the objective needs (behaviour log-probs for ratios,
@@ -189,20 +208,23 @@ class RLModule(L.LightningModule):
 
         objective = self.objective
         size = len(rollout)
-        micro = self.micro_batch_size or size
         temperature = self.rollout_cfg["temperature"] if objective.temperature_scaled else 1.0
         exp = {"rewards": rewards, "mask": rollout.completion_mask, "behavior_log_probs": rollout.behavior_log_probs}
         t1 = time.perf_counter()
         if self.ref_model is not None:
             ref_out = self._no_grad_pass(
-                lambda mb: completion_logprobs(self.ref_model, mb, temperature=temperature)[:2], rollout, micro
+                lambda mb: completion_logprobs(self.ref_model, mb, temperature=temperature)[:2], rollout
             )
             exp["ref_log_probs"], exp["ref_initial_value"] = ref_out
         t_ref = time.perf_counter() - t1
         t2 = time.perf_counter()
         if self.critic is not None:
-            exp["old_values"] = self._no_grad_pass(lambda mb: (completion_values(self.critic, mb),), rollout, micro)[0]
+            exp["old_values"] = self._no_grad_pass(lambda mb: (completion_values(self.critic, mb),), rollout)[0]
         sums = {key: float(value) for key, value in objective.prepare(exp).items()}
+        inert = objective.inert_rows(exp)  # rows whose loss and gradient are exactly zero: skipped
+        if inert is not None:
+            sums["train/inert_frac"] = inert.float().mean().item()
+            inert = inert.tolist()
 
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
@@ -216,32 +238,20 @@ class RLModule(L.LightningModule):
                 for opt in opts:
                     opt.zero_grad(set_to_none=True)
                 whole_mask = rollout.completion_mask[rows]
-                for start in range(0, len(rows), micro):
-                    sub = rows[start : start + micro]
-                    mb = rollout.select(sub)
-                    idx = torch.tensor(sub, device=self.device)
-                    keep = mb.completion_ids.shape[1]
-                    mexp = {k: v[idx] if v.dim() == 1 else v[idx, :keep] for k, v in exp.items()}
-                    mexp["log_probs"], mexp["initial_value"], mexp["entropy"] = completion_logprobs(
-                        self.policy,
-                        mb,
-                        with_entropy=True,
-                        entropy_grad=objective.needs_entropy_grad,
-                        temperature=temperature,
-                    )
-                    if self.critic is not None:
-                        mexp["values"] = completion_values(self.critic, mb)
-                    loss, metrics = objective.loss(mexp)
-                    weight = aggregation_weight(objective.loss_agg_mode, mb.completion_mask, whole_mask)
-                    self.manual_backward(loss * weight)
-                    metrics = {"train/loss": loss.detach(), **metrics}
-                    metrics["train/entropy"] = masked_mean(mexp["entropy"].detach(), mb.completion_mask)
-                    if "ref_log_probs" in mexp:
-                        metrics["train/kl_ref"] = sequence_kl(
-                            mexp["log_probs"].detach(), mexp["ref_log_probs"], mb.completion_mask
-                        ).mean()
+                active = rows if inert is None else [r for r in rows if not inert[r]]
+                part, total = {}, 0.0
+                for sub in self._micro_batches(rollout, active):
+                    metrics, weight = self._micro_step(rollout, sub, exp, whole_mask, temperature)
                     for key, value_ in metrics.items():
-                        sums[key] = sums.get(key, 0.0) + float(value_) * weight / updates
+                        part[key] = part.get(key, 0.0) + float(value_) * weight
+                    total += weight
+                # Metrics average over the rows updated (all of them unless some were inert).
+                for key, value_ in part.items():
+                    sums[key] = sums.get(key, 0.0) + value_ / total / updates
+                if not active:  # an all-zero gradient still steps AdamW (its moments decay)
+                    for group in params:
+                        for p in group:
+                            p.grad = torch.zeros_like(p) if p.grad is None else p.grad
                 done += 1
                 for i, (opt, group) in enumerate(zip(opts, params, strict=True)):
                     norm = torch.nn.utils.clip_grad_norm_(group, clip)
@@ -281,6 +291,29 @@ class RLModule(L.LightningModule):
         self.log_dict(sums, on_step=True, on_epoch=False, batch_size=size)
         self.log("train/acc", sums["train/accuracy"], prog_bar=True, logger=False, batch_size=size)
 
+    def _micro_step(self, rollout, sub, exp, whole_mask, temperature) -> tuple[dict, float]:
+        """Forward and backward of the micro-batch ``sub`` (rows of the rollout), its loss scaled
+        by its share of the (mini-)batch; returns its metrics and that share."""
+        objective = self.objective
+        mb = rollout.select(sub)
+        idx = torch.tensor(sub, device=self.device)
+        keep = mb.completion_ids.shape[1]
+        mexp = {k: v[idx] if v.dim() == 1 else v[idx, :keep] for k, v in exp.items()}
+        mexp["log_probs"], mexp["initial_value"], mexp["entropy"] = completion_logprobs(
+            self.policy, mb, with_entropy=True, entropy_grad=objective.needs_entropy_grad, temperature=temperature
+        )
+        if self.critic is not None:
+            mexp["values"] = completion_values(self.critic, mb)
+        loss, metrics = objective.loss(mexp)
+        weight = aggregation_weight(objective.loss_agg_mode, mb.completion_mask, whole_mask)
+        self.manual_backward(loss * weight)
+        metrics = {"train/loss": loss.detach(), **metrics}
+        metrics["train/entropy"] = masked_mean(mexp["entropy"].detach(), mb.completion_mask)
+        if "ref_log_probs" in mexp:
+            metrics["train/kl_ref"] = sequence_kl(mexp["log_probs"].detach(), mexp["ref_log_probs"], mb.completion_mask)
+            metrics["train/kl_ref"] = metrics["train/kl_ref"].mean()
+        return metrics, weight
+
     def _schedulers(self) -> list:
         scheds = self.lr_schedulers()
         return scheds if isinstance(scheds, list) else [scheds]
@@ -305,7 +338,7 @@ class RLModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         cfg = self.rollout_cfg
         size = len(batch["prompt"])
-        common = dict(max_new_tokens=cfg["max_new_tokens"])
+        common = dict(max_new_tokens=cfg["max_new_tokens"], engine=cfg.get("engine", "compact"))
         greedy = generate_rollouts(self.policy, self.tokenizer, batch["prompt"], batch["answer"], greedy=True, **common)
         sampled = generate_rollouts(
             self.policy,

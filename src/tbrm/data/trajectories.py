@@ -265,6 +265,7 @@ def generate_trajectories(
     top_p: float = 1.0,
     max_new_tokens: int = 48,
     policy: str | None = None,
+    engine: str = "compact",
 ) -> tuple[int, float]:
     """Sample ``n`` completions for each prompt record, score them and write them as trajectory
     records, one shard per generate call of ``batch_size // n`` prompts, with a progress bar.
@@ -284,7 +285,7 @@ def generate_trajectories(
             prompts, answers = [r["prompt"] for r in chunk], [r["answer"] for r in chunk]
             rollout = generate_rollouts(
                 model, tokenizer, prompts, answers, n=n, temperature=temperature, top_p=top_p,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max_new_tokens, engine=engine,
             )  # fmt: skip
             rewards = score(reward_fn, rollout.completions, rollout.answers)
             rows = records_from_rollout(rollout, rewards, eos_token_id=tokenizer.eos_token_id, policy=policy,

@@ -32,6 +32,7 @@ def evaluate_accuracy(
     top_p: float = 1.0,
     max_new_tokens: int = 48,
     batch_size: int = 250,
+    engine: str = "compact",
 ) -> dict[str, float]:
     """Greedy accuracy and, with ``n_samples`` > 0, mean accuracy of sampled completions and
     pass@k for each ``k`` <= ``n_samples``. Returns ``{"accuracy", "accuracy_sampled", "pass@k"}``.
@@ -42,7 +43,9 @@ def evaluate_accuracy(
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         prompts, answers = [r["prompt"] for r in chunk], [r["answer"] for r in chunk]
-        out = generate_rollouts(model, tokenizer, prompts, answers, greedy=True, max_new_tokens=max_new_tokens)
+        out = generate_rollouts(
+            model, tokenizer, prompts, answers, greedy=True, max_new_tokens=max_new_tokens, engine=engine
+        )
         greedy += score(reward_fn, out.completions, out.answers)
     # batch_size counts completions: n_samples of each prompt go in the same call
     per_call = max(1, batch_size // max(n_samples, 1))
@@ -58,6 +61,7 @@ def evaluate_accuracy(
             temperature=temperature,
             top_p=top_p,
             max_new_tokens=max_new_tokens,
+            engine=engine,
         )
         rewards = score(reward_fn, out.completions, out.answers)
         sampled += rewards

@@ -69,6 +69,7 @@ def evaluate_benchmarks(
     top_p: float = 1.0,
     max_new_tokens: int = 512,
     batch_size: int = 64,
+    engine: str = "compact",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per benchmark: greedy ``avg@1``; with n sampled completions per problem (``n_samples``, or
@@ -107,6 +108,7 @@ def evaluate_benchmarks(
             top_p=top_p,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
+            engine=engine,
         )
         row = {"avg@1": metrics["accuracy"]}
         if n:

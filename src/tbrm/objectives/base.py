@@ -85,6 +85,11 @@ class Objective(ABC):
         """Add batch-level quantities to ``exp`` in place; return metrics. Default: nothing."""
         return {}
 
+    def inert_rows(self, exp: Experience) -> torch.Tensor | None:
+        """(batch,) bool, after ``prepare``: rows whose loss term and gradient are exactly zero
+        whatever the parameters, which the update may skip without changing it. Default: None."""
+        return None
+
     @abstractmethod
     def loss(self, exp: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(loss, metrics)`` of one micro-batch of experience."""

@@ -116,6 +116,10 @@ class GRPO(Objective):
         num_iterations: optimizer passes over each rollout batch (the ratio leaves 1 after the first).
         num_minibatches: optimizer steps per pass.
         advantage_eps: added to the standard deviation.
+        skip_zero_advantage: with beta = 0, a completion whose advantage is 0 (every member of a
+            group with equal rewards) adds exactly nothing to the loss or its gradient (Eq. 3:
+            both terms of the min are 0), so the update skips its forward and backward pass;
+            the loss keeps its normaliser, so the gradient is unchanged.
     """
 
     group_size: int = 4
@@ -128,6 +132,7 @@ class GRPO(Objective):
     num_iterations: int = 1
     num_minibatches: int = 1
     advantage_eps: float = 1e-4
+    skip_zero_advantage: bool = True
 
     name = "grpo"
     needs_behavior_log_probs = True
@@ -155,6 +160,11 @@ class GRPO(Objective):
         advantages, zero_std = group_advantages(exp["rewards"], self.group_size, self.scale_rewards, self.advantage_eps)
         exp["advantages"] = advantages
         return {"grpo/frac_zero_std": zero_std.float().mean(), "grpo/advantage_abs_mean": advantages.abs().mean()}
+
+    def inert_rows(self, exp: Experience) -> torch.Tensor | None:
+        if not self.skip_zero_advantage or self.beta > 0:
+            return None
+        return exp["advantages"] == 0
 
     def loss(self, exp: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return grpo_loss(

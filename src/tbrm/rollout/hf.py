@@ -1,4 +1,5 @@
-"""Rollouts with Hugging Face ``generate`` (KV cache on), and the one forward pass of an update.
+"""Rollouts (``tbrm.rollout.decode``'s lean loop or Hugging Face ``generate``, KV cache on), and
+the one forward pass of an update.
 
 ``generate_rollouts`` samples ``n`` completions per prompt and returns the token ids, masks and
 the behaviour log-probs (log-probabilities of the sampled tokens under the distribution actually
@@ -13,6 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+from tbrm.rollout.decode import decode
+
+ENGINES = ("compact", "hf")
 
 
 class BehaviorLogProbs(LogitsProcessor):
@@ -124,15 +129,55 @@ def generate_rollouts(
     top_p: float = 1.0,
     max_new_tokens: int = 48,
     greedy: bool = False,
+    engine: str = "compact",
 ) -> RolloutBatch:
-    """Sample ``n`` completions per prompt from ``model`` with HF ``generate``.
+    """Sample ``n`` completions per prompt from ``model``.
 
-    Rows are grouped by prompt: rows ``i*n .. i*n+n-1`` belong to ``prompts[i]``.
+    Rows are grouped by prompt: rows ``i*n .. i*n+n-1`` belong to ``prompts[i]``. ``engine``:
+    ``compact`` (``tbrm.rollout.decode``: preallocated KV cache, finished rows leave the batch)
+    or ``hf`` (plain ``model.generate``); both sample the same distribution.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"rollout.engine={engine!r} is not one of {ENGINES}; use compact (the lean loop) or hf.")
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
     was_training = model.training
     model.eval()
+    prompt_ids = enc["input_ids"].repeat_interleave(n, 0)
+    prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)
+    if engine == "compact":
+        completion_ids, behavior = decode(
+            model,
+            prompt_ids,
+            prompt_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            temperature=temperature,
+            top_p=top_p,
+            greedy=greedy,
+        )
+    else:
+        completion_ids, behavior = _hf_generate(model, enc, n, temperature, top_p, max_new_tokens, greedy, tokenizer)
+    model.train(was_training)
+    mask = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
+    behavior = torch.nan_to_num(behavior, neginf=0.0) * mask
+    completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return RolloutBatch(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=completion_ids,
+        completion_mask=mask,
+        behavior_log_probs=behavior,
+        prompts=[p for p in prompts for _ in range(n)],
+        answers=[a for a in answers for _ in range(n)],
+        completions=texts,
+    )
+
+
+def _hf_generate(model, enc, n, temperature, top_p, max_new_tokens, greedy, tokenizer):
+    """``model.generate`` with the behaviour log-probs recorded by a last logits processor."""
     # Temperature and top-p run here, before the recorder, so that it sees the sampled
     # distribution; generate itself adds no warper (temperature 1, top-p 1, top-k 0).
     recorder = BehaviorLogProbs()
@@ -157,24 +202,8 @@ def generate_rollouts(
         use_cache=True,
         return_dict_in_generate=True,
     )
-    model.train(was_training)
-    prompt_len = enc["input_ids"].shape[1]
-    completion_ids = out.sequences[:, prompt_len:]
-    mask = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
-    behavior = recorder.finish(completion_ids[:, -1])
-    behavior = torch.nan_to_num(behavior, neginf=0.0) * mask
-    completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return RolloutBatch(
-        prompt_ids=enc["input_ids"].repeat_interleave(n, 0),
-        prompt_mask=enc["attention_mask"].repeat_interleave(n, 0),
-        completion_ids=completion_ids,
-        completion_mask=mask,
-        behavior_log_probs=behavior,
-        prompts=[p for p in prompts for _ in range(n)],
-        answers=[a for a in answers for _ in range(n)],
-        completions=texts,
-    )
+    completion_ids = out.sequences[:, enc["input_ids"].shape[1] :]
+    return completion_ids, recorder.finish(completion_ids[:, -1])
 
 
 ENTROPY_CHUNK = 256  # positions per chunk of the detached entropy

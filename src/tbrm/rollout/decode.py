@@ -1,0 +1,194 @@
+"""A lean sampling loop over the model's own forward: ``rollout.engine=compact``.
+
+Plain HF ``generate`` spends most of a small model's rollout on two kinds of waste, both
+measured in ``benchmarks/README.md``:
+
+- its default KV cache grows by ``torch.cat`` at every step, copying every layer's keys and
+  values once per new token (quadratic in the completion length);
+- a row that has emitted EOS stays in the batch, so every later step still runs the full model
+  on it, until the longest completion of the batch ends.
+
+``decode`` keeps the KV cache in buffers allocated once for the whole completion
+(``PreallocatedLayer``: a step writes one position in place) and drops finished rows from the
+batch, the cache and the attention mask (``compact_fraction``). It calls the model's own
+``forward`` with ``past_key_values``, ``attention_mask`` and ``position_ids``, as ``generate``
+does, so it works for any Hugging Face causal LM, and it samples exactly as ``generate`` does
+(temperature, then top-p, then one ``torch.multinomial`` over the batch): without compaction it
+draws the same tokens as ``generate`` from the same seed. The behaviour log-probs are those of
+the sampled tokens under the distribution sampled from: a gather minus a logsumexp, with no
+full-vocabulary log-softmax kept.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from tbrm.rollout.lean_step import LeanStep
+
+
+class PreallocatedLayer(DynamicLayer):
+    """One layer's KV cache in buffers of ``capacity`` positions, written in place.
+
+    ``keys`` and ``values`` are views of the filled part, so attention and the mask sizes see a
+    cache of exactly the tokens seen so far; no step copies the cache.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads, _, _ = key_states.shape
+        self.device = key_states.device
+        self.key_buffer = key_states.new_empty(batch, heads, self.capacity, key_states.shape[-1])
+        self.value_buffer = value_states.new_empty(batch, value_states.shape[1], self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"the preallocated KV cache holds {self.capacity} positions; step {end} overflows it")
+        self.key_buffer[:, :, self.length : end] = key_states
+        self.value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep rows ``indices``; only the filled positions are copied, into fresh buffers."""
+        if not self.is_initialized:
+            return
+        for name in ("key_buffer", "value_buffer"):
+            old = getattr(self, name)
+            new = old.new_empty(len(indices), *old.shape[1:])
+            new[:, :, : self.length] = old[indices, :, : self.length]
+            setattr(self, name, new)
+        self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+
+
+def preallocated_cache(model, capacity: int) -> DynamicCache:
+    """The model's default cache with each full-attention layer preallocated to ``capacity``
+    positions (sliding-window and other special layers are kept as the model defines them)."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+def sample_tokens(
+    logits: torch.Tensor, *, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from next-token ``logits`` (rows, vocab), and its log-probability under
+    the distribution it was drawn from (after temperature and top-p; the raw softmax when greedy).
+
+    The same operations in the same order as ``generate``'s ``TemperatureLogitsWarper``,
+    ``TopPLogitsWarper`` and multinomial draw, so the random stream is consumed identically.
+    """
+    scores = logits.float()
+    if greedy:
+        tokens = scores.argmax(-1)
+    else:
+        if temperature != 1.0:
+            scores = scores / temperature
+        if top_p < 1.0:
+            ascending, order = torch.sort(scores, descending=False)
+            cumulative = ascending.softmax(-1).cumsum(-1)
+            remove = cumulative <= 1 - top_p
+            remove[..., -1:] = False  # keep at least the most likely token
+            scores = scores.masked_fill(remove.scatter(1, order, remove), -float("inf"))
+        tokens = torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
+    log_probs = scores.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(scores, -1)
+    return tokens, log_probs
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+@torch.no_grad()
+def decode(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    compact_fraction: float | None = 0.25,
+    lean: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample up to ``max_new_tokens`` tokens after left-padded prompts; stop at EOS.
+
+    Returns ``(completion_ids, behavior_log_probs)``, both (rows, steps) where ``steps`` is the
+    length of the longest completion; a row is ``pad_token_id`` (log-prob 0) after its EOS.
+    Finished rows leave the batch once they are at least ``compact_fraction`` of the rows still
+    decoded (None: never, so the batch and the random stream are exactly ``generate``'s). With
+    ``lean``, the decode steps of a Llama-family model run ``tbrm.rollout.lean_step.LeanStep``
+    (other models, and the prefill, run the model's ``forward``).
+    """
+    rows, prompt_len = input_ids.shape
+    device = input_ids.device
+    cache = preallocated_cache(model, prompt_len + max_new_tokens)
+    mask = torch.ones(rows, prompt_len + max_new_tokens, dtype=attention_mask.dtype, device=device)
+    mask[:, :prompt_len] = attention_mask
+    position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+    extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        **extra,
+    ).logits[:, -1]
+    position = position_ids[:, -1:]
+    step_fn = LeanStep.for_model(model, cache) if lean else None
+    bias = torch.zeros(mask.shape, device=device).masked_fill(mask == 0, -float("inf")) if step_fn else None
+    tokens_out = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    log_probs_out = torch.zeros(rows, max_new_tokens, device=device)
+    live = torch.arange(rows, device=device)  # the original row of each row still decoded
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    steps = 0
+    for step in range(max_new_tokens):
+        tokens, log_probs = sample_tokens(logits, temperature=temperature, top_p=top_p, greedy=greedy)
+        new = ~finished
+        tokens_out[live[new], step] = tokens[new]
+        log_probs_out[live[new], step] = log_probs[new]
+        finished = finished | (tokens == eos_token_id)
+        steps = step + 1
+        if step + 1 == max_new_tokens or bool(finished.all()):
+            break
+        done = int(finished.sum())
+        if compact_fraction is not None and done and done >= compact_fraction * len(live):
+            keep = (~finished).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            live, tokens, finished, position = live[keep], tokens[keep], finished[keep], position[keep]
+            mask, bias = mask[keep], bias[keep] if step_fn else None
+        position = position + 1
+        tokens = tokens.masked_fill(finished, pad_token_id)
+        if step_fn is not None:
+            logits = step_fn(tokens, position[:, 0], cache, bias[:, : prompt_len + step + 1])
+            continue
+        logits = model(
+            input_ids=tokens[:, None],
+            attention_mask=mask[:, : prompt_len + step + 1],
+            position_ids=position,
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[:, -1]
+    return tokens_out[:, :steps], log_probs_out[:, :steps]
