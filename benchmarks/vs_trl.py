@@ -3,11 +3,13 @@ plus our TBRM n=1 and PPO n=1 at the same number of completions per step.
 
     pip install -e ".[bench]"                       # trl
     python benchmarks/vs_trl.py                      # 32 completions per step, 48 new tokens
-    python benchmarks/vs_trl.py --completions 16 --steps 8
+    python benchmarks/vs_trl.py --model-init random  # a random-init model instead of the warm start
+    python benchmarks/vs_trl.py --plain              # ours without its savings (HF generate, ...)
 
 Each trainer runs in its own child process, one after the other (so its peak RSS is its own),
-on a random-init copy of the embedded default's architecture (2.6M-parameter Llama, character
-tokenizer) saved with save_pretrained. Settings shared by both GRPOs: groups of ``--n``, beta 0
+on one model saved with save_pretrained: the embedded default's warm start (2.6M-parameter
+Llama, character tokenizer; the model ``python run.py`` trains), or with ``--model-init random``
+a random-init copy of it. Results and profiles: benchmarks/README.md. Settings shared by both GRPOs: groups of ``--n``, beta 0
 (TRL's default: no reference model), clip 0.2, group-std advantages, token-mean loss (TRL's
 ``dapo``), one update per generation batch, temperature 1.0, AdamW at lr 1e-5, float32 on CPU.
 A step's time is wall-clock from the start of the step (generation included) to the optimizer
@@ -69,8 +71,9 @@ def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
     from tbrm.rewards import exact_number_reward
 
     n = args.n if engine == "grpo" else 1
+    skip = not args.plain
     objective = {
-        "grpo": lambda: GRPO(group_size=n, beta=0.0, loss_agg_mode="token-mean"),
+        "grpo": lambda: GRPO(group_size=n, beta=0.0, loss_agg_mode="token-mean", skip_zero_advantage=skip),
         "tbrm": lambda: TBRM(beta=0.05),
         "ppo": lambda: PPO(beta=0.05),
     }[engine]()
@@ -78,7 +81,14 @@ def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
         str(args.model),
         objective,
         exact_number_reward,
-        rollout={"n": n, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": args.max_new_tokens},
+        rollout={
+            "n": n,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "max_new_tokens": args.max_new_tokens,
+            "engine": "hf" if args.plain else "compact",
+        },
+        split_cost_tokens=1e12 if args.plain else 256,
         optimizer={"lr": 1e-5, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 1.0},
     )
     times: list[float] = []
@@ -221,6 +231,12 @@ def main() -> None:
         help="warm: the embedded default's warm start (rewards vary, completions run to ~42 tokens); "
         "random: a random-init copy (every reward 0, completions end at a random EOS)",
     )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="our engines without this project's savings (the before of benchmarks/README.md): HF generate, "
+        "one micro-batch per update, no skipped zero-advantage rows",
+    )
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--profile-memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -235,6 +251,7 @@ def main() -> None:
         for engine in args.engines:
             cmd = [sys.executable, __file__, "--engine", engine, "--model", str(model)]
             cmd += [f"--completions={args.completions}", f"--n={args.n}", f"--max-new-tokens={args.max_new_tokens}"]
+            cmd += ["--plain"] if args.plain else []
             timed = run_child(cmd + [f"--steps={args.steps}", f"--warmup={args.warmup}"], engine)
             if timed is None:
                 continue
@@ -274,6 +291,7 @@ def main() -> None:
         tensors = t["peak_tensor_gb"] / p["peak_tensor_gb"]
         print(f"\nTBRM n=1 / PPO n=1: step time {step:.2f}x, peak tensor memory {tensors:.2f}x, peak RSS {rss:.2f}x")
     flags = f"--model-init {args.model_init} --completions {args.completions} --n {args.n} --steps {args.steps}"
+    flags += " --plain" if args.plain else ""
     print(f"\nReproduce: python benchmarks/vs_trl.py {flags}")
 
 

@@ -113,7 +113,8 @@ def sample_tokens(
     return tokens, log_probs
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def accepts_logits_to_keep(model) -> bool:
+    """The model's forward can skip the LM head on all but the last positions."""
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
@@ -147,7 +148,7 @@ def decode(
     mask = torch.ones(rows, prompt_len + max_new_tokens, dtype=attention_mask.dtype, device=device)
     mask[:, :prompt_len] = attention_mask
     position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-    extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from tbrm.rollout.decode import decode
+from tbrm.rollout.decode import accepts_logits_to_keep, decode
 
 ENGINES = ("compact", "hf")
 
@@ -233,12 +233,16 @@ def completion_logprobs(
     (batch,); and, when asked, the per-token entropy (batch, response_len), detached unless
     ``entropy_grad``. ``temperature`` divides the logits before the log-probs and the entropy
     (the sampling distribution, for ratio-based objectives); V(s_1) always uses the raw logits.
-    Log-probs are a gather minus a logsumexp, so no full-vocabulary log-softmax is kept for backward.
+    Log-probs are a gather minus a logsumexp, so no full-vocabulary log-softmax is kept for backward,
+    and the LM head skips the prompt's positions (``logits_to_keep``) when the model allows it.
     """
     prompt_len, response_len = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
-    raw = (
-        model(**model_inputs(batch), use_cache=False).logits[:, prompt_len - 1 : prompt_len - 1 + response_len].float()
-    )
+    if accepts_logits_to_keep(model):  # the LM head runs on the positions that predict a token only
+        out = model(**model_inputs(batch), use_cache=False, logits_to_keep=response_len + 1)
+        raw = out.logits[:, :response_len].float()
+    else:
+        raw = model(**model_inputs(batch), use_cache=False).logits[:, prompt_len - 1 : prompt_len - 1 + response_len]
+        raw = raw.float()
     initial_value = torch.logsumexp(raw[:, 0], -1)
     logits = raw / temperature if temperature != 1.0 else raw
     lse = torch.logsumexp(logits, -1)
