@@ -9,9 +9,10 @@ plus our TBRM n=1 and PPO n=1 at the same number of completions per step.
 Each trainer runs in its own child process, one after the other (so its peak RSS is its own),
 on one model saved with save_pretrained: the embedded default's warm start (2.6M-parameter
 Llama, character tokenizer; the model ``python run.py`` trains), or with ``--model-init random``
-a random-init copy of it. Results and profiles: benchmarks/README.md. Settings shared by both GRPOs: groups of ``--n``, beta 0
-(TRL's default: no reference model), clip 0.2, group-std advantages, token-mean loss (TRL's
-``dapo``), one update per generation batch, temperature 1.0, AdamW at lr 1e-5, float32 on CPU.
+a random-init copy of it. Results and profiles: benchmarks/README.md. Settings shared by both
+GRPOs: groups of ``--n``, beta 0 (TRL's default: no reference model), clip 0.2, group-std
+advantages, token-mean loss (TRL's ``dapo``), one update per generation batch, temperature 1.0,
+AdamW at lr 1e-5, float32 on CPU.
 A step's time is wall-clock from the start of the step (generation included) to the optimizer
 step; the table shows the median over ``--steps`` steps after ``--warmup`` steps. Peak tensor
 memory (ours only) comes from a second child that profiles one warm-up and one step with

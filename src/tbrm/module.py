@@ -1,10 +1,12 @@
 """The LightningModule: one ``training_step`` is one RL iteration, for every algorithm.
 
-prompts -> rollouts (HF generate, no grad; or stored trajectories from a file, or a share drawn
-from a replay buffer) -> rewards -> what the objective needs (reference
-log-probs, critic values; no grad) -> ``objective.prepare`` (advantages, returns) -> for each of
-``objective.epochs`` passes and ``objective.num_minibatches`` minibatches: one forward pass of the
-policy giving log pi_theta(a_h|s_h) and V_theta(s_1) (and the critic's values) per micro-batch ->
+prompts -> rollouts (``rollout.engine``: the compact decode loop or HF generate, no grad; or
+stored trajectories from a file, or a share drawn from a replay buffer) -> rewards -> what the
+objective needs (reference log-probs, critic values; no grad) -> ``objective.prepare``
+(advantages, returns) -> for each of ``objective.epochs`` passes and
+``objective.num_minibatches`` minibatches: one forward pass of the policy giving
+log pi_theta(a_h|s_h) and V_theta(s_1) (and the critic's values) per micro-batch of rows of
+similar length (``tbrm.rollout.batching``; rows ``objective.inert_rows`` marks are skipped) ->
 ``objective.loss`` -> accumulated gradients -> clipped optimizer step(s). TBRM takes one step per
 rollout batch; GRPO and PPO as many as they ask for. The module asks the objective what it needs
 (``needs_reference``, ``needs_critic``, ``temperature_scaled``) and never branches on its name.

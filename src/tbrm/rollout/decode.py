@@ -11,7 +11,7 @@ measured in ``benchmarks/README.md``:
 ``decode`` keeps the KV cache in buffers allocated once for the whole completion
 (``PreallocatedLayer``: a step writes one position in place) and drops finished rows from the
 batch, the cache and the attention mask (``compact_fraction``). It calls the model's own
-``forward`` with ``past_key_values``, ``attention_mask`` and ``position_ids``, as ``generate``
+``forward`` with its KV cache, ``attention_mask`` and ``position_ids``, as ``generate``
 does, so it works for any Hugging Face causal LM, and it samples exactly as ``generate`` does
 (temperature, then top-p, then one ``torch.multinomial`` over the batch): without compaction it
 draws the same tokens as ``generate`` from the same seed. The behaviour log-probs are those of
@@ -118,6 +118,12 @@ def accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
+def cache_argument(model) -> str:
+    """The name the model's forward takes its KV cache by (``cache`` in recent transformers,
+    which still accepts ``past_key_values`` with a deprecation warning)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def decode(
     model,
@@ -149,11 +155,12 @@ def decode(
     mask[:, :prompt_len] = attention_mask
     position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
     extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    cache_arg = cache_argument(model)
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=cache,
+        **{cache_arg: cache},
         use_cache=True,
         **extra,
     ).logits[:, -1]
@@ -189,7 +196,7 @@ def decode(
             input_ids=tokens[:, None],
             attention_mask=mask[:, : prompt_len + step + 1],
             position_ids=position,
-            past_key_values=cache,
+            **{cache_arg: cache},
             use_cache=True,
         ).logits[:, -1]
     return tokens_out[:, :steps], log_probs_out[:, :steps]

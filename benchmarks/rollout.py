@@ -1,0 +1,111 @@
+"""Where a rollout's time goes: HF generate against the compact loop, one saving at a time.
+
+    python benchmarks/rollout.py                       # warm start and random init, 8 prompts x 4
+    python benchmarks/rollout.py --model-init warm --batches 20 --ops 12
+
+For each model (the embedded default's warm start, whose completions run to about 42 tokens, and
+a random-init copy, whose completions end at a random EOS), the same prompt batches go through:
+``hf`` (``model.generate``), the compact loop with the model's forward and no row dropping
+(``preallocated``: only the KV cache differs), with row dropping (``+ compaction``), and with the
+lean Llama step (``+ lean step``, the default). Prints the median seconds per batch, the decode
+steps run and the row-steps computed, then the top operators of one batch of each engine
+(torch.profiler, self CPU time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import torch
+
+VARIANTS = {  # label: (engine, decode options)
+    "hf": ("hf", {}),
+    "preallocated": ("compact", {"compact_fraction": None, "lean": False}),
+    "+ compaction": ("compact", {"lean": False}),
+    "+ lean step": ("compact", {}),
+}
+
+
+def load(which: str):
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from tbrm.models.loading import load_model_and_tokenizer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from vs_trl import save_model
+
+    path = Path(tempfile.mkdtemp()) / "model"
+    save_model(path, which)
+    return load_model_and_tokenizer(str(path))
+
+
+def run(model, tokenizer, batches, engine, options, n):
+    import tbrm.rollout.hf as hf
+    from tbrm.rollout.decode import decode
+
+    hf.decode = functools.partial(decode, **options)
+    try:
+        times, steps, row_steps = [], [], []
+        for prompts, answers in batches:
+            start = time.perf_counter()
+            out = hf.generate_rollouts(model, tokenizer, prompts, answers, n=n, engine=engine)
+            times.append(time.perf_counter() - start)
+            steps.append(out.completion_ids.shape[1])
+            row_steps.append(int(out.completion_mask.sum()))
+        return times, steps, row_steps
+    finally:
+        hf.decode = decode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-init", nargs="+", default=["warm", "random"], choices=["warm", "random"])
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=12, help="prompt batches timed (median reported)")
+    parser.add_argument("--ops", type=int, default=8, help="top operators shown per engine (0: none)")
+    args = parser.parse_args()
+
+    from tbrm.data.arithmetic import ArithmeticTask
+
+    rows = ArithmeticTask().splits()["train"]
+    batches = [
+        ([r["prompt"] for r in rows[i : i + args.prompts]], [r["answer"] for r in rows[i : i + args.prompts]])
+        for i in range(0, args.batches * args.prompts, args.prompts)
+    ]
+    print(f"{args.prompts} prompts x {args.n} completions, 48 new tokens, median of {args.batches} batches, CPU.\n")
+    print("| model | engine | s / batch | vs hf | decode steps | completion tokens |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    profiles = []
+    for which in args.model_init:
+        model, tokenizer = load(which)
+        model.eval()
+        base = None
+        for label, (engine, options) in VARIANTS.items():
+            run(model, tokenizer, batches[:2], engine, options, args.n)  # warm-up
+            torch.manual_seed(0)
+            times, steps, tokens = run(model, tokenizer, batches, engine, options, args.n)
+            median = statistics.median(times)
+            base = base or median
+            print(
+                f"| {which} | {label} | {median:.3f} | {median / base:.2f}x | {statistics.mean(steps):.1f} "
+                f"| {statistics.mean(tokens):.0f} |"
+            )
+            if args.ops and label in ("hf", "+ lean step"):
+                with torch.profiler.profile() as prof:
+                    run(model, tokenizer, batches[:1], engine, options, args.n)
+                profiles.append((which, label, prof))
+    for which, label, prof in profiles:
+        print(f"\n{which}, {label}: top operators of one batch (self CPU)\n")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.ops))
+    inits = " ".join(args.model_init)
+    print(f"\nReproduce: python benchmarks/rollout.py --model-init {inits} --batches {args.batches}")
+
+
+if __name__ == "__main__":
+    main()
