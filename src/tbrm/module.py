@@ -132,8 +132,7 @@ class RLModule(L.LightningModule):
                 out = fn(rollout.select(rows))
                 parts.append([t if t.dim() == 1 else torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in out])
                 order += rows
-        inverse = torch.empty(len(order), dtype=torch.long, device=self.device)
-        inverse[torch.tensor(order, device=self.device)] = torch.arange(len(order), device=self.device)
+        inverse = torch.argsort(torch.tensor(order, device=self.device))
         return [torch.cat(column)[inverse] for column in zip(*parts, strict=True)]
 
     def _check_stored(self, records: list[dict], where: str) -> None:
