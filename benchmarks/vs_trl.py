@@ -71,6 +71,7 @@ def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
     from tbrm.objectives import GRPO, PPO, TBRM
     from tbrm.rewards import exact_number_reward
 
+    L.seed_everything(0)  # the same prompt order and draws for every engine (TRL: seed=0)
     n = args.n if engine == "grpo" else 1
     skip = not args.plain
     objective = {
