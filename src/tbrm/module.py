@@ -222,7 +222,7 @@ class RLModule(L.LightningModule):
         if self.critic is not None:
             exp["old_values"] = self._no_grad_pass(lambda mb: (completion_values(self.critic, mb),), rollout)[0]
         sums = {key: float(value) for key, value in objective.prepare(exp).items()}
-        inert = objective.inert_rows(exp)  # rows whose loss and gradient are exactly zero: skipped
+        inert = objective.inert_rows(exp)  # rows whose loss and gradient are exactly zero: no backward
         if inert is not None:
             sums["train/inert_frac"] = inert.float().mean().item()
             inert = inert.tolist()
@@ -240,15 +240,14 @@ class RLModule(L.LightningModule):
                     opt.zero_grad(set_to_none=True)
                 whole_mask = rollout.completion_mask[rows]
                 active = rows if inert is None else [r for r in rows if not inert[r]]
-                part, total = {}, 0.0
-                for sub in self._micro_batches(rollout, active):
-                    metrics, weight = self._micro_step(rollout, sub, exp, whole_mask, temperature)
-                    for key, value_ in metrics.items():
-                        part[key] = part.get(key, 0.0) + float(value_) * weight
-                    total += weight
-                # Metrics average over the rows updated (all of them unless some were inert).
-                for key, value_ in part.items():
-                    sums[key] = sums.get(key, 0.0) + value_ / total / updates
+                idle = [] if inert is None else [r for r in rows if inert[r]]
+                # Inert rows get a forward pass for the logged metrics only (no backward).
+                for part, backward in ((active, True), (idle, False)):
+                    for sub in self._micro_batches(rollout, part):
+                        with torch.set_grad_enabled(backward):
+                            metrics, weight = self._micro_step(rollout, sub, exp, whole_mask, temperature)
+                        for key, value_ in metrics.items():
+                            sums[key] = sums.get(key, 0.0) + float(value_) * weight / updates
                 if not active:  # an all-zero gradient still steps AdamW (its moments decay)
                     for group in params:
                         for p in group:
@@ -293,8 +292,9 @@ class RLModule(L.LightningModule):
         self.log("train/acc", sums["train/accuracy"], prog_bar=True, logger=False, batch_size=size)
 
     def _micro_step(self, rollout, sub, exp, whole_mask, temperature) -> tuple[dict, float]:
-        """Forward and backward of the micro-batch ``sub`` (rows of the rollout), its loss scaled
-        by its share of the (mini-)batch; returns its metrics and that share."""
+        """Forward and (with grad enabled) backward of the micro-batch ``sub`` (rows of the
+        rollout), its loss scaled by its share of the (mini-)batch; returns its metrics and that
+        share."""
         objective = self.objective
         mb = rollout.select(sub)
         idx = torch.tensor(sub, device=self.device)
@@ -307,7 +307,8 @@ class RLModule(L.LightningModule):
             mexp["values"] = completion_values(self.critic, mb)
         loss, metrics = objective.loss(mexp)
         weight = aggregation_weight(objective.loss_agg_mode, mb.completion_mask, whole_mask)
-        self.manual_backward(loss * weight)
+        if torch.is_grad_enabled():
+            self.manual_backward(loss * weight)
         metrics = {"train/loss": loss.detach(), **metrics}
         metrics["train/entropy"] = masked_mean(mexp["entropy"].detach(), mb.completion_mask)
         if "ref_log_probs" in mexp:

@@ -87,7 +87,7 @@ class Objective(ABC):
 
     def inert_rows(self, exp: Experience) -> torch.Tensor | None:
         """(batch,) bool, after ``prepare``: rows whose loss term and gradient are exactly zero
-        whatever the parameters, which the update may skip without changing it. Default: None."""
+        whatever the parameters, whose backward pass the update skips. Default: None."""
         return None
 
     @abstractmethod
