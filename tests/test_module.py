@@ -134,9 +134,23 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model_dir, obj
             torch.testing.assert_close(grads[0][name], other[name], atol=1e-5, rtol=1e-4)
 
 
-def test_bad_micro_batch_caps_fail_when_the_module_is_built(tiny_model_dir):
+def test_bad_micro_batch_caps_and_engines_fail_when_the_module_is_built(tiny_model_dir):
     with pytest.raises(ValueError, match="micro_batch_tokens must be >= 1"):
         make(tiny_model_dir, micro_batch_tokens=0)
+    with pytest.raises(ValueError, match="rollout.engine='vllm' is not one of"):
+        RLModule(str(tiny_model_dir), TBRM(), exact_number_reward, rollout={**ROLLOUT, "engine": "vllm"},
+                 optimizer=OPTIM)  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ["compact", "hf"])
+def test_both_rollout_engines_train(tiny_model_dir, engine):
+    torch.manual_seed(0)
+    module = RLModule(str(tiny_model_dir), GRPO(group_size=2), alternating_reward,
+                      rollout={**ROLLOUT, "engine": engine}, optimizer=OPTIM)  # fmt: skip
+    before = {k: v.clone() for k, v in module.policy.state_dict().items()}
+    trainer, metrics = fit(module, steps=1)
+    assert trainer.global_step == 1 and metrics[0]["train/response_length"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in module.policy.state_dict().items())
 
 
 class GroupsThenTies:

@@ -27,7 +27,7 @@ from tbrm.models.loading import load_model_and_tokenizer
 from tbrm.objectives.common import aggregation_weight, masked_mean, sequence_kl
 from tbrm.rewards.scoring import score
 from tbrm.rollout.batching import plan_micro_batches
-from tbrm.rollout.hf import RolloutBatch, completion_logprobs, completion_values, generate_rollouts
+from tbrm.rollout.hf import ENGINES, RolloutBatch, completion_logprobs, completion_values, generate_rollouts
 from tbrm.utils import peak_mem_gb, warmup_cosine
 
 
@@ -83,6 +83,8 @@ class RLModule(L.LightningModule):
         self.objective = objective
         self.reward_fn = reward_fn
         self.rollout_cfg = dict(rollout)
+        if self.rollout_cfg.get("engine", "compact") not in ENGINES:  # fail before any model runs
+            raise ValueError(f"rollout.engine={self.rollout_cfg['engine']!r} is not one of {ENGINES}.")
         self.optim_cfg = dict(optimizer)
         self.batching = {
             "max_rows": micro_batch_size,
