@@ -7,9 +7,10 @@ For each model (the embedded default's warm start, whose completions run to abou
 a random-init copy, whose completions end at a random EOS), the same prompt batches go through:
 ``hf`` (``model.generate``), the compact loop with the model's forward and no row dropping
 (``preallocated``: only the KV cache differs), with row dropping (``+ compaction``), and with the
-lean Llama step (``+ lean step``, the default). Prints the median seconds per batch, the decode
-steps run and the row-steps computed, then the top operators of one batch of each engine
-(torch.profiler, self CPU time).
+lean Llama step (``+ lean step``: ``rollout.engine=compact``, the default), and with that step
+compiled (``compiled``: ``rollout.engine=compiled``; its compilation, in the warm-up, is timed
+apart). Prints the median seconds per batch, the decode steps run and the row-steps computed,
+then the top operators of one batch of each engine (torch.profiler, self CPU time).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ VARIANTS = {  # label: (engine, decode options)
     "preallocated": ("compact", {"compact_fraction": None, "lean": False}),
     "+ compaction": ("compact", {"lean": False}),
     "+ lean step": ("compact", {}),
+    "compiled": ("compiled", {}),
 }
 
 
@@ -79,24 +81,35 @@ def main() -> None:
         for i in range(0, args.batches * args.prompts, args.prompts)
     ]
     print(f"{args.prompts} prompts x {args.n} completions, 48 new tokens, median of {args.batches} batches, CPU.\n")
-    print("| model | engine | s / batch | vs hf | decode steps | completion tokens |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| model | engine | s / batch | vs hf | decode steps | completion tokens | warm-up s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     profiles = []
     for which in args.model_init:
         model, tokenizer = load(which)
         model.eval()
-        base = None
+        warmup = {}
         for label, (engine, options) in VARIANTS.items():
-            run(model, tokenizer, batches[:2], engine, options, args.n)  # warm-up
-            torch.manual_seed(0)
-            times, steps, tokens = run(model, tokenizer, batches, engine, options, args.n)
+            start = time.perf_counter()
+            run(model, tokenizer, batches[:2], engine, options, args.n)  # warm-up (and compilation)
+            warmup[label] = time.perf_counter() - start
+        # batch by batch, every engine in turn from the same seed: a slow spell hits all alike
+        results = {label: ([], [], []) for label in VARIANTS}
+        for index, batch in enumerate(batches):
+            for label, (engine, options) in VARIANTS.items():
+                torch.manual_seed(index)
+                measured = run(model, tokenizer, [batch], engine, options, args.n)
+                for column, value in zip(results[label], measured, strict=True):
+                    column += value
+        base = statistics.median(results["hf"][0])
+        for label, (times, steps, tokens) in results.items():
             median = statistics.median(times)
-            base = base or median
             print(
                 f"| {which} | {label} | {median:.3f} | {median / base:.2f}x | {statistics.mean(steps):.1f} "
-                f"| {statistics.mean(tokens):.0f} |"
+                f"| {statistics.mean(tokens):.0f} | {warmup[label]:.1f} |"
             )
-            if args.ops and label in ("hf", "+ lean step"):
+        for label in ("hf", "+ lean step", "compiled"):
+            if args.ops:
+                engine, options = VARIANTS[label]
                 with torch.profiler.profile() as prof:
                     run(model, tokenizer, batches[:1], engine, options, args.n)
                 profiles.append((which, label, prof))

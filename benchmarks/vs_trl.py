@@ -88,7 +88,7 @@ def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
             "temperature": 1.0,
             "top_p": 1.0,
             "max_new_tokens": args.max_new_tokens,
-            "engine": "hf" if args.plain else "compact",
+            "engine": "hf" if args.plain else args.rollout_engine,
         },
         split_cost_tokens=1e12 if args.plain else 256,
         optimizer={"lr": 1e-5, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 1.0},
@@ -122,6 +122,12 @@ def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
         return times, phases
     from torch.profiler import ProfilerActivity, profile
 
+    if module.rollout_cfg["engine"] == "compiled":  # compile outside the profiler (tracing it takes GBs)
+        from tbrm.rollout import generate_rollouts
+
+        rows = task.splits()["train"][: args.completions // n]
+        generate_rollouts(module.policy, module.tokenizer, [r["prompt"] for r in rows], [r["answer"] for r in rows],
+                          n=n, max_new_tokens=args.max_new_tokens, engine="compiled")  # fmt: skip
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         trainer.fit(module, datamodule=datamodule)
     return times, {"peak_tensor_gb": [peak_tensor_bytes(prof) / 1e9]}
@@ -202,6 +208,7 @@ def child(args) -> None:
     record = {
         "engine": args.engine,
         "step_s": statistics.median(steady),
+        "first_step_s": times[0],
         "steps": len(steady),
         "peak_rss_gb": peak_mem_gb("cpu"),  # the process's max RSS
         **{key: statistics.median(values[args.warmup :]) for key, values in phases.items()},
@@ -218,13 +225,22 @@ def run_child(cmd: list[str], engine: str) -> dict | None:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+def command(engine: str, model: Path, args) -> list[str]:
+    cmd = [sys.executable, __file__, "--engine", engine, "--model", str(model)]
+    cmd += [f"--completions={args.completions}", f"--n={args.n}", f"--max-new-tokens={args.max_new_tokens}"]
+    return cmd + (["--plain"] if args.plain else [f"--rollout-engine={args.rollout_engine}"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--completions", type=int, default=32, help="completions per step (all engines)")
     parser.add_argument("--n", type=int, default=4, help="GRPO group size (TBRM and PPO use 1)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps (median reported)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds of every engine, in alternating order (medians reported)"
+    )
     parser.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
     parser.add_argument(
         "--model-init",
@@ -239,6 +255,13 @@ def main() -> None:
         help="our engines without this project's savings (the before of benchmarks/README.md): HF generate, "
         "one micro-batch per update, no skipped zero-advantage rows",
     )
+    parser.add_argument(
+        "--rollout-engine",
+        choices=["compact", "compiled", "hf"],
+        default="compact",
+        help="our engines' rollout.engine (compiled: the decode step under torch.compile, compiled in the "
+        "first warm-up step; --plain: hf)",
+    )
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--profile-memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -246,54 +269,65 @@ def main() -> None:
     if args.engine:
         return child(args)
 
-    results = {}
+    rounds: list[dict[str, dict]] = []
+    memory: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model"
         save_model(model, args.model_init)
+        for index in range(args.repeats):
+            # alternate the order, so that a slow spell of the machine does not always hit one engine
+            order = args.engines if index % 2 == 0 else args.engines[::-1]
+            rounds.append({})
+            for engine in order:
+                timing = [f"--steps={args.steps}", f"--warmup={args.warmup}"]
+                timed = run_child(command(engine, model, args) + timing, engine)
+                if timed is not None:
+                    rounds[-1][engine] = timed
+                    print(f"round {index + 1} {engine}: {timed}", file=sys.stderr)
         for engine in args.engines:
-            cmd = [sys.executable, __file__, "--engine", engine, "--model", str(model)]
-            cmd += [f"--completions={args.completions}", f"--n={args.n}", f"--max-new-tokens={args.max_new_tokens}"]
-            cmd += ["--plain"] if args.plain else []
-            timed = run_child(cmd + [f"--steps={args.steps}", f"--warmup={args.warmup}"], engine)
-            if timed is None:
-                continue
-            results[engine] = timed
-            if engine != "trl-grpo":  # a second child: one warm-up and one profiled step
-                memory = run_child(cmd + ["--steps=1", "--warmup=1", "--profile-memory"], engine)
-                results[engine]["peak_tensor_gb"] = memory["peak_tensor_gb"] if memory else float("nan")
-            print(f"{engine}: {results[engine]}", file=sys.stderr)
+            if engine != "trl-grpo":  # another child: one warm-up and one profiled step
+                profiled = ["--steps=1", "--warmup=1", "--profile-memory"]
+                measured = run_child(command(engine, model, args) + profiled, engine)
+                memory[engine] = measured["peak_tensor_gb"] if measured else float("nan")
+
+    engines = [e for e in args.engines if all(e in r for r in rounds)]
+    results = {
+        e: {k: statistics.median(r[e][k] for r in rounds) for k in rounds[0][e] if k != "engine"} for e in engines
+    }
+
+    def ratios(num: str, den: str, key: str = "step_s") -> str:
+        """The median over rounds of num / den (each round's pair ran minutes apart), and its range."""
+        values = sorted(r[num][key] / r[den][key] for r in rounds)
+        spread = f" ({values[0]:.2f}-{values[-1]:.2f})" if len(values) > 1 else ""
+        return f"{statistics.median(values):.2f}x{spread}"
 
     print(
         f"\n{args.completions} completions per step, groups of {args.n} (TBRM/PPO: 1), {args.max_new_tokens} new "
-        f"tokens, median of {args.steps} steps after {args.warmup}; one process per engine, CPU.\n"
+        f"tokens; each figure the median over {args.repeats} round(s) of the median of {args.steps} steps after "
+        f"{args.warmup}; ratios: median (range) of the rounds' ratios; one process per engine per round, CPU.\n"
     )
-    header = [
-        "engine",
-        "s / step",
-        "rollout s",
-        "reference s",
-        "update s",
-        "tensor GB",
-        "RSS GB",
-        "step / TRL",
-        "RSS / TRL",
-    ]
+    header = ["engine", "s / step", "first step s", "rollout s", "reference s", "update s", "tensor GB", "RSS GB",
+              "step / TRL", "RSS / TRL"]  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
-    base = results.get("trl-grpo")
+    base = "trl-grpo" if "trl-grpo" in results else None
     for engine, r in results.items():
-        ratio = f"{r['step_s'] / base['step_s']:.2f}x" if base else "-"
-        mem = f"{r['peak_rss_gb'] / base['peak_rss_gb']:.2f}x" if base else "-"
+        ratio = ratios(engine, base) if base else "-"
+        mem = ratios(engine, base, "peak_rss_gb") if base else "-"
         split = " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in PHASES)
-        tensor = f"{r['peak_tensor_gb']:.3f}" if "peak_tensor_gb" in r else "-"
-        print(f"| {engine} | {r['step_s']:.3f} | {split} | {tensor} | {r['peak_rss_gb']:.2f} | {ratio} | {mem} |")
+        tensor = f"{memory[engine]:.3f}" if engine in memory else "-"
+        first = f"{r['first_step_s']:.2f}"
+        rss = f"{r['peak_rss_gb']:.2f}"
+        print(f"| {engine} | {r['step_s']:.3f} | {first} | {split} | {tensor} | {rss} | {ratio} | {mem} |")
     if "tbrm" in results and "ppo" in results:
-        t, p = results["tbrm"], results["ppo"]
-        step, rss = t["step_s"] / p["step_s"], t["peak_rss_gb"] / p["peak_rss_gb"]
-        tensors = t["peak_tensor_gb"] / p["peak_tensor_gb"]
-        print(f"\nTBRM n=1 / PPO n=1: step time {step:.2f}x, peak tensor memory {tensors:.2f}x, peak RSS {rss:.2f}x")
+        tensors = memory["tbrm"] / memory["ppo"]
+        print(
+            f"\nTBRM n=1 / PPO n=1: step time {ratios('tbrm', 'ppo')}, peak tensor memory {tensors:.2f}x, "
+            f"peak RSS {ratios('tbrm', 'ppo', 'peak_rss_gb')}"
+        )
     flags = f"--model-init {args.model_init} --completions {args.completions} --n {args.n} --steps {args.steps}"
-    flags += " --plain" if args.plain else ""
+    flags += f" --repeats {args.repeats}"
+    flags += " --plain" if args.plain else f" --rollout-engine {args.rollout_engine}"
     print(f"\nReproduce: python benchmarks/vs_trl.py {flags}")
 
 

@@ -1,6 +1,6 @@
 """The compact decode loop against HF generate and the model's forward: same draws from the same
 seed, the same greedy outputs with finished rows dropped, the lean step equal to forward on every
-covered architecture, and a plain forward for the others."""
+covered architecture (and, compiled, equal to itself eager), and a plain forward for the others."""
 
 import pytest
 import torch
@@ -161,6 +161,37 @@ def test_other_models_decode_through_their_forward(model_and_tokenizer):
     proj = wrapped.model.layers[0].self_attn.q_proj
     wrapped.model.layers[0].self_attn.q_proj = Wrapped(proj.in_features, proj.out_features, bias=False)
     assert LeanStep.for_model(wrapped, preallocated_cache(wrapped, 8)) is None
+
+
+@pytest.mark.slow
+def test_compiled_step_draws_what_the_eager_step_draws_and_compiles_once(model_and_tokenizer):
+    """rollout.engine=compiled: the same tokens and log-probs as the eager lean step (GQA and
+    q/k/v biases exercised), with finished rows dropped, and one graph for every batch size and
+    cache length (dynamic shapes: no recompiling per step or per batch)."""
+    from torch._dynamo.utils import counters
+
+    _, tokenizer = model_and_tokenizer
+    model = small(*ARCHITECTURES["qwen2-bias"], vocab=len(tokenizer))
+    for layer in model.model.layers:
+        torch.nn.init.normal_(layer.self_attn.k_proj.bias, std=0.5)
+    torch._dynamo.reset()
+    counters.clear()
+    for n, kw in ((2, {"greedy": True}), (3, {"temperature": 0.8, "compact_fraction": 0.01})):
+        ids, mask = prompts(tokenizer, n)
+        eager = run(model, tokenizer, ids, mask, **kw)
+        compiled = run(model, tokenizer, ids, mask, compiled=True, **kw)
+        assert torch.equal(compiled[0], eager[0])
+        torch.testing.assert_close(compiled[1], eager[1], atol=1e-5, rtol=1e-5)
+    ids, mask = prompts(tokenizer, 1)
+    run(model, tokenizer, ids[1:], mask[1:], compiled=True, max_new_tokens=24)  # other rows and lengths
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_compiled_engine_refuses_a_model_it_does_not_cover(model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64))
+    with pytest.raises(ValueError, match="this gpt2 model is not covered: use rollout.engine=compact"):
+        generate_rollouts(gpt2.eval(), tokenizer, PROMPTS, ANSWERS, engine="compiled")
 
 
 def test_unknown_engine_is_refused(model_and_tokenizer):

@@ -17,6 +17,11 @@ does, so it works for any Hugging Face causal LM, and it samples exactly as ``ge
 draws the same tokens as ``generate`` from the same seed. The behaviour log-probs are those of
 the sampled tokens under the distribution sampled from: a gather minus a logsumexp, with no
 full-vocabulary log-softmax kept.
+
+For Llama-family models the decode steps (not the prefill) run ``tbrm.rollout.lean_step``: one
+pure tensor function over the model's parameters and the cache held as two tensors, run eagerly
+(``rollout.engine=compact``) or compiled once per process by ``torch.compile``
+(``rollout.engine=compiled``).
 """
 
 from __future__ import annotations
@@ -138,6 +143,7 @@ def decode(
     greedy: bool = False,
     compact_fraction: float | None = 0.25,
     lean: bool = True,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample up to ``max_new_tokens`` tokens after left-padded prompts; stop at EOS.
 
@@ -146,11 +152,19 @@ def decode(
     Finished rows leave the batch once they are at least ``compact_fraction`` of the rows still
     decoded (None: never, so the batch and the random stream are exactly ``generate``'s). With
     ``lean``, the decode steps of a Llama-family model run ``tbrm.rollout.lean_step.LeanStep``
-    (other models, and the prefill, run the model's ``forward``).
+    (other models, and the prefill, run the model's ``forward``); ``compiled`` runs it under
+    ``torch.compile`` and requires a covered model.
     """
     rows, prompt_len = input_ids.shape
     device = input_ids.device
     cache = preallocated_cache(model, prompt_len + max_new_tokens)
+    step_fn = LeanStep.for_model(model, cache, compiled=compiled) if lean or compiled else None
+    if compiled and step_fn is None:
+        raise ValueError(
+            f"rollout.engine=compiled compiles the decode step of Llama, Mistral, Qwen2 and Qwen3 models "
+            f"(default rotary embedding, plain nn.Linear projections, no sliding window); this "
+            f"{model.config.model_type} model is not covered: use rollout.engine=compact."
+        )
     mask = torch.ones(rows, prompt_len + max_new_tokens, dtype=attention_mask.dtype, device=device)
     mask[:, :prompt_len] = attention_mask
     position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
@@ -165,8 +179,13 @@ def decode(
         **extra,
     ).logits[:, -1]
     position = position_ids[:, -1:]
-    step_fn = LeanStep.for_model(model, cache) if lean else None
-    bias = torch.zeros(mask.shape, device=device).masked_fill(mask == 0, -float("inf")) if step_fn else None
+    if step_fn is not None:  # the lean step reads the cache as two tensors (layers, rows, ...)
+        keys = torch.stack([layer.key_buffer for layer in cache.layers])
+        values = torch.stack([layer.value_buffer for layer in cache.layers])
+        bias = torch.zeros(mask.shape, dtype=keys.dtype, device=device).masked_fill(mask == 0, -float("inf"))
+        del cache
+    # compiled: never fewer than 2 rows, so the graph compiled for any batch size is reused
+    min_rows = 2 if compiled else 1
     tokens_out = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     log_probs_out = torch.zeros(rows, max_new_tokens, device=device)
     live = torch.arange(rows, device=device)  # the original row of each row still decoded
@@ -174,23 +193,31 @@ def decode(
     steps = 0
     for step in range(max_new_tokens):
         tokens, log_probs = sample_tokens(logits, temperature=temperature, top_p=top_p, greedy=greedy)
-        new = ~finished
-        tokens_out[live[new], step] = tokens[new]
-        log_probs_out[live[new], step] = log_probs[new]
+        tokens_out[live, step] = tokens.masked_fill(finished, pad_token_id)
+        log_probs_out[live, step] = log_probs.masked_fill(finished, 0.0)
         finished = finished | (tokens == eos_token_id)
         steps = step + 1
-        if step + 1 == max_new_tokens or bool(finished.all()):
-            break
         done = int(finished.sum())
-        if compact_fraction is not None and done and done >= compact_fraction * len(live):
+        if step + 1 == max_new_tokens or done == len(live):
+            break
+        if compact_fraction is not None and done and done >= compact_fraction * len(live) and len(live) > min_rows:
             keep = (~finished).nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
+            if len(keep) < min_rows:  # pad with finished rows (their tokens are never recorded)
+                keep = torch.cat((keep, finished.nonzero().squeeze(1)[: min_rows - len(keep)])).sort().values
             live, tokens, finished, position = live[keep], tokens[keep], finished[keep], position[keep]
-            mask, bias = mask[keep], bias[keep] if step_fn else None
+            if step_fn is not None:
+                keys, values, bias = keys[:, keep], values[:, keep], bias[keep]
+            else:
+                mask = mask[keep]
+                cache.batch_select_indices(keep)
         position = position + 1
         tokens = tokens.masked_fill(finished, pad_token_id)
         if step_fn is not None:
-            logits = step_fn(tokens, position[:, 0], cache, bias[:, : prompt_len + step + 1])
+            cached = prompt_len + step
+            logits, new_keys, new_values = step_fn(
+                tokens, position[:, 0], keys[:, :, :, :cached], values[:, :, :, :cached], bias[:, :cached]
+            )
+            keys[:, :, :, cached], values[:, :, :, cached] = new_keys, new_values
             continue
         logits = model(
             input_ids=tokens[:, None],

@@ -17,7 +17,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogits
 
 from tbrm.rollout.decode import accepts_logits_to_keep, decode
 
-ENGINES = ("compact", "hf")
+ENGINES = ("compact", "compiled", "hf")
 
 
 class BehaviorLogProbs(LogitsProcessor):
@@ -134,18 +134,22 @@ def generate_rollouts(
     """Sample ``n`` completions per prompt from ``model``.
 
     Rows are grouped by prompt: rows ``i*n .. i*n+n-1`` belong to ``prompts[i]``. ``engine``:
-    ``compact`` (``tbrm.rollout.decode``: preallocated KV cache, finished rows leave the batch)
-    or ``hf`` (plain ``model.generate``); both sample the same distribution.
+    ``compact`` (``tbrm.rollout.decode``: preallocated KV cache, finished rows leave the batch),
+    ``compiled`` (the same loop, its Llama-family decode step compiled by ``torch.compile``) or
+    ``hf`` (plain ``model.generate``); all sample the same distribution.
     """
     if engine not in ENGINES:
-        raise ValueError(f"rollout.engine={engine!r} is not one of {ENGINES}; use compact (the lean loop) or hf.")
+        raise ValueError(
+            f"rollout.engine={engine!r} is not one of {ENGINES}; use compact (the lean loop), compiled (the "
+            "lean loop with its decode step under torch.compile) or hf (model.generate)."
+        )
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
     was_training = model.training
     model.eval()
     prompt_ids = enc["input_ids"].repeat_interleave(n, 0)
     prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)
-    if engine == "compact":
+    if engine in ("compact", "compiled"):
         completion_ids, behavior = decode(
             model,
             prompt_ids,
@@ -156,6 +160,7 @@ def generate_rollouts(
             temperature=temperature,
             top_p=top_p,
             greedy=greedy,
+            compiled=engine == "compiled",
         )
     else:
         completion_ids, behavior = _hf_generate(model, enc, n, temperature, top_p, max_new_tokens, greedy, tokenizer)

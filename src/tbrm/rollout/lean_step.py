@@ -1,21 +1,35 @@
-"""One decode step of a Llama-family model in a few fused tensor ops, on the model's own weights.
+"""One decode step of a Llama-family model as a pure tensor function, eager or compiled.
 
 Below a few hundred million parameters, and on CPU, a decode step of a Hugging Face model costs
 more in Python and small-op dispatch (module calls, mask construction, a six-op RMSNorm, the
-cache's bookkeeping) than in arithmetic: 3 ms per step for the 2.6M-parameter embedded default
-at any batch size, against 1.8 ms for the same step here (``benchmarks/README.md``).
-``LeanStep`` runs the same computation as the model's ``forward`` for one new token per row,
-reading the modules' current parameters at every call (nothing is copied, so it never drifts
-from the policy being trained), and writes the new keys and values into the preallocated cache
-of ``tbrm.rollout.decode``.
+cache's bookkeeping) than in arithmetic (``benchmarks/README.md``). ``LeanStep`` runs the same
+computation as the model's ``forward`` for one new token per row:
+
+- on the model's weights as they are when the rollout starts, packed once per rollout (the
+  q/k/v and gate/up matrices concatenated, every matrix transposed for a plain matrix product);
+  a rollout never spans an optimizer step, so it decodes the current policy, and the packed
+  copy (the size of the decoder layers) is freed when the rollout ends;
+- against a KV cache held as two tensors, ``keys`` and ``values`` of shape
+  (layers, rows, kv_heads, positions, head_dim); the step reads them and returns the new
+  token's keys and values rather than writing them, so it is a pure function of its inputs;
+- with the new token attending to itself through a separate score, merged into the same
+  softmax as the cached positions (no concatenation of the cache).
+
+A pure function with no Python state is what ``torch.compile`` turns into one graph:
+``rollout.engine=compiled`` compiles it once per process with dynamic shapes (any rows, any
+cache length; inductor's generated CPU kernels fuse the norms, rotary embedding and SwiGLU), and
+``rollout.engine=compact`` runs it eagerly.
 
 It covers the decoder layout shared by Llama, Mistral (without a sliding window), Qwen2 and
 Qwen3: pre-norm RMSNorm, rotary position embedding of the default type, grouped-query attention
-with optional q/k/v biases and optional per-head q/k RMSNorm (Qwen3), SwiGLU MLP. ``LeanStep.for_model``
-returns None for anything else, and the prompt's prefill always goes through ``forward``.
+with optional q/k/v biases and optional per-head q/k RMSNorm (Qwen3), SwiGLU MLP.
+``LeanStep.for_model`` returns None for anything else, and the prompt's prefill always goes
+through ``forward``.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -23,15 +37,14 @@ import torch.nn.functional as F
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 
 
-def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
-    """HF's RMSNorm (``weight * normalise(x in float32)``) as one fused op plus a multiply."""
-    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
-    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF's RMSNorm: ``weight * (x * rsqrt(mean(x^2) + eps))``, the normalisation in float32."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+def _eps(norm) -> float:
+    return float(getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6))
 
 
 def _plain_linears(layer) -> bool:
@@ -42,26 +55,121 @@ def _plain_linears(layer) -> bool:
     return all(type(p) is torch.nn.Linear for p in projections)
 
 
-def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
-    return F.linear(x, layer.weight, layer.bias)
+def step(
+    params: dict,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    heads: int,
+    kv_heads: int,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Next-token logits (rows, vocab) for ``tokens`` (rows,) at ``positions`` (rows,), and the
+    new token's keys and values (layers, rows, kv_heads, head_dim) for the caller to append.
+
+    ``keys`` / ``values`` (layers, rows, kv_heads, cached, head_dim) hold the cached positions and
+    ``bias`` (rows, cached) is 0 where attended and -inf on padding. Attention is
+    ``softmax([q.K^T, q.k_new] * scaling + [bias, 0]) . [V; v_new]``, the new token's own score
+    merged into the softmax, which is what ``forward`` computes after appending it to the cache.
+    """
+    rows, dim = tokens.shape[0], keys.shape[-1]
+    group = heads // kv_heads
+    hidden = F.embedding(tokens, params["embed"])
+    cos, sin = params["cos"][positions][:, None], params["sin"][positions][:, None]  # (rows, 1, dim)
+    half = dim // 2
+    new_keys, new_values = [], []
+    for i, p in enumerate(params["layers"]):
+        x = _rms(hidden, p["input_norm"], p["input_eps"])
+        qkv = x @ p["qkv"] if p["qkv_bias"] is None else torch.addmm(p["qkv_bias"], x, p["qkv"])
+        q = qkv[:, : heads * dim].view(rows, heads, dim)
+        k = qkv[:, heads * dim : (heads + kv_heads) * dim].view(rows, kv_heads, dim)
+        v = qkv[:, (heads + kv_heads) * dim :].view(rows, kv_heads, dim)
+        if p["q_norm"] is not None:
+            q, k = _rms(q, p["q_norm"], p["qk_eps"]), _rms(k, p["k_norm"], p["qk_eps"])
+        q = q * cos + torch.cat((-q[..., half:], q[..., :half]), -1) * sin
+        k = k * cos + torch.cat((-k[..., half:], k[..., :half]), -1) * sin
+        new_keys.append(k)
+        new_values.append(v)
+        q = q.view(rows, kv_heads, group, dim)
+        cached = torch.matmul(q, keys[i].transpose(-1, -2)) * scaling + bias[:, None, None]
+        own = (q * k[:, :, None]).sum(-1, keepdim=True) * scaling
+        weights = torch.cat((cached, own), -1).softmax(-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(weights[..., :-1], values[i]) + weights[..., -1:] * v[:, :, None]
+        hidden = torch.addmm(hidden, out.reshape(rows, heads * dim), p["o"])
+        x = _rms(hidden, p["post_norm"], p["post_eps"])
+        gate_up = x @ p["gate_up"]
+        inner = gate_up.shape[-1] // 2
+        hidden = torch.addmm(hidden, F.silu(gate_up[:, :inner]) * gate_up[:, inner:], p["down"])
+    logits = F.linear(_rms(hidden, params["norm"], params["norm_eps"]), params["head"], params["head_bias"])
+    return logits, torch.stack(new_keys), torch.stack(new_values)
+
+
+@functools.cache
+def compiled_step():
+    """``step`` under ``torch.compile`` (dynamic shapes, one graph): compiled on its first call,
+    then reused for every rollout, batch size and cache length of the process."""
+    return torch.compile(step, dynamic=True, fullgraph=True)
 
 
 class LeanStep:
     """The decode step of a supported model; build with :meth:`for_model`."""
 
-    def __init__(self, model) -> None:
-        self.model = model
-        self.body = model.model
-        first = self.body.layers[0].self_attn
-        self.head_dim = first.head_dim
-        self.scaling = first.scaling
-        self.heads = model.config.num_attention_heads
-        self.kv_heads = getattr(model.config, "num_key_value_heads", None) or self.heads
+    @torch.no_grad()
+    def __init__(self, model, capacity: int, compiled: bool = False) -> None:
+        body = model.model
+        attn = body.layers[0].self_attn
+        config = model.config
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = attn.head_dim
+        self.scaling = float(attn.scaling)
+        self.layers = len(body.layers)
+        self.compiled = compiled
+        rotary = body.rotary_emb
+        angles = torch.arange(capacity, device=rotary.inv_freq.device).float()[:, None] * rotary.inv_freq
+        angles = torch.cat((angles, angles), -1)
+        scale = getattr(rotary, "attention_scaling", 1.0)
+        dtype = model.lm_head.weight.dtype
+        layers = []
+        for layer in body.layers:
+            a, m = layer.self_attn, layer.mlp
+            q_norm = getattr(a, "q_norm", None)
+            biases = (a.q_proj.bias, a.k_proj.bias, a.v_proj.bias)
+            layers.append(
+                {
+                    "input_norm": layer.input_layernorm.weight,
+                    "input_eps": _eps(layer.input_layernorm),
+                    "qkv": torch.cat((a.q_proj.weight, a.k_proj.weight, a.v_proj.weight)).t().contiguous(),
+                    "qkv_bias": None if biases[0] is None else torch.cat(biases),
+                    "q_norm": None if q_norm is None else q_norm.weight,
+                    "k_norm": None if q_norm is None else a.k_norm.weight,
+                    "qk_eps": 0.0 if q_norm is None else _eps(q_norm),
+                    "o": a.o_proj.weight.t().contiguous(),
+                    "post_norm": layer.post_attention_layernorm.weight,
+                    "post_eps": _eps(layer.post_attention_layernorm),
+                    "gate_up": torch.cat((m.gate_proj.weight, m.up_proj.weight)).t().contiguous(),
+                    "down": m.down_proj.weight.t().contiguous(),
+                }
+            )
+        self.params = {
+            "embed": body.embed_tokens.weight,
+            "cos": (angles.cos() * scale).to(dtype),
+            "sin": (angles.sin() * scale).to(dtype),
+            "layers": layers,
+            "norm": body.norm.weight,
+            "norm_eps": _eps(body.norm),
+            "head": model.lm_head.weight,
+            "head_bias": model.lm_head.bias,
+        }
 
     @classmethod
-    def for_model(cls, model, cache) -> LeanStep | None:
-        """A step for ``model`` if its architecture is covered and every layer of ``cache`` is a
-        ``PreallocatedLayer``; None otherwise (the caller falls back to ``forward``)."""
+    def for_model(cls, model, cache, *, compiled: bool = False) -> LeanStep | None:
+        """A step for ``model`` (rotary tables for ``cache``'s capacity) if its architecture is
+        covered and every layer of ``cache`` is a ``PreallocatedLayer``; None otherwise (the
+        caller falls back to ``forward``)."""
         from tbrm.rollout.decode import PreallocatedLayer
 
         config = model.config
@@ -76,40 +184,18 @@ class LeanStep:
             and hasattr(getattr(model.model, "rotary_emb", None), "inv_freq")
             and all(_plain_linears(layer) for layer in model.model.layers)
         )
-        return cls(model) if covered else None
+        return cls(model, cache.layers[0].capacity, compiled=compiled) if covered else None
+
+    def new_cache(self, rows: int, capacity: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Empty ``keys`` and ``values`` buffers for ``rows`` rows and ``capacity`` positions."""
+        shape = (self.layers, rows, self.kv_heads, capacity, self.head_dim)
+        return like.new_empty(shape), like.new_empty(shape)
 
     @torch.no_grad()
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache, attn_bias: torch.Tensor) -> torch.Tensor:
-        """Next-token logits (rows, vocab) for ``tokens`` (rows,) at ``positions`` (rows,), given
-        ``attn_bias`` (rows, cached + 1): 0 where attended, -inf on padding. Appends one
-        position to every layer of ``cache``."""
-        body, rows, dim = self.body, tokens.shape[0], self.head_dim
-        hidden = body.embed_tokens(tokens)[:, None]
-        rotary = body.rotary_emb
-        freqs = positions[:, None].float() * rotary.inv_freq
-        angles = torch.cat((freqs, freqs), -1)[:, None, None]
-        scale = getattr(rotary, "attention_scaling", 1.0)
-        cos, sin = (angles.cos() * scale).to(hidden.dtype), (angles.sin() * scale).to(hidden.dtype)
-        bias = attn_bias[:, None, None].to(hidden.dtype)
-        for layer, kv in zip(body.layers, cache.layers, strict=True):
-            attn = layer.self_attn
-            x = _rms_norm(hidden, layer.input_layernorm)
-            q = _linear(x, attn.q_proj).view(rows, 1, self.heads, dim).transpose(1, 2)
-            k = _linear(x, attn.k_proj).view(rows, 1, self.kv_heads, dim).transpose(1, 2)
-            v = _linear(x, attn.v_proj).view(rows, 1, self.kv_heads, dim).transpose(1, 2)
-            if getattr(attn, "q_norm", None) is not None:
-                q, k = _rms_norm(q, attn.q_norm), _rms_norm(k, attn.k_norm)
-            keys, values = kv.update(_rotate(k, cos, sin), v)
-            out = F.scaled_dot_product_attention(
-                _rotate(q, cos, sin),
-                keys,
-                values,
-                attn_mask=bias,
-                scale=self.scaling,
-                enable_gqa=self.kv_heads != self.heads,
-            )
-            hidden = hidden + _linear(out.transpose(1, 2).reshape(rows, 1, -1), attn.o_proj)
-            x = _rms_norm(hidden, layer.post_attention_layernorm)
-            mlp = layer.mlp
-            hidden = hidden + _linear(F.silu(_linear(x, mlp.gate_proj)) * _linear(x, mlp.up_proj), mlp.down_proj)
-        return self.model.lm_head(_rms_norm(hidden, body.norm))[:, 0]
+    def __call__(self, tokens, positions, keys, values, bias):
+        """``step`` on the weights packed for this rollout (see there)."""
+        fn = compiled_step() if self.compiled else step
+        return fn(
+            self.params, tokens, positions, keys, values, bias,
+            heads=self.heads, kv_heads=self.kv_heads, scaling=self.scaling,
+        )  # fmt: skip
