@@ -7,7 +7,7 @@ import torch
 
 from tbrm.data.arithmetic import ArithmeticTask
 from tbrm.data.datamodule import PromptDataModule
-from tbrm.module import RLModule, warmup_cosine
+from tbrm.module import RLModule, adamw, warmup_cosine
 from tbrm.objectives import GRPO, PPO, TBRM
 from tbrm.rewards import exact_number_reward
 
@@ -414,3 +414,19 @@ def test_track_kl_ref_loads_the_reference_at_beta_zero_and_logs_the_kl(tiny_mode
     _, metrics = fit(module, steps=3)
     assert "train/kl_ref" in metrics[-1] and metrics[0]["train/kl_ref"] == pytest.approx(0.0, abs=1e-5)
     assert metrics[-1]["train/kl_ref"] != 0.0  # the policy moved away from the reference
+
+
+def test_adamw_is_fused_on_cpu_and_steps_as_the_unfused_one():
+    torch.manual_seed(0)
+    start, grads = torch.randn(3, 5), [torch.randn(3, 5) for _ in range(3)]
+    params = {}
+    for fused in (True, False):
+        p = torch.nn.Parameter(start.clone())
+        opt = adamw([p], lr=1e-2, weight_decay=0.1) if fused else torch.optim.AdamW([p], lr=1e-2, weight_decay=0.1)
+        assert opt.defaults["fused"] is (True if fused else None)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        params[fused] = p.detach()
+    torch.testing.assert_close(params[True], params[False])
+    assert adamw([torch.nn.Parameter(torch.zeros(2, device="meta"))], lr=1e-3).defaults["fused"] is None
