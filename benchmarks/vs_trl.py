@@ -7,12 +7,16 @@ plus our TBRM n=1 and PPO n=1 at the same number of completions per step.
     python benchmarks/vs_trl.py --plain              # ours without its savings (HF generate, ...)
 
 Each trainer runs in its own child process, one after the other (so its peak RSS is its own),
-on one model saved with save_pretrained: the embedded default's warm start (2.6M-parameter
-Llama, character tokenizer; the model ``python run.py`` trains), or with ``--model-init random``
-a random-init copy of it. Results and profiles: benchmarks/README.md. Settings shared by both
-GRPOs: groups of ``--n``, beta 0 (TRL's default: no reference model), clip 0.2, group-std
-advantages, token-mean loss (TRL's ``dapo``), one update per generation batch, temperature 1.0,
-AdamW at lr 1e-5, float32 on CPU.
+and the whole sequence runs ``--repeats`` times in alternating order: figures are medians over
+the rounds, ratios the median (and range) of each round's own ratio, since this machine's speed
+drifts within minutes. All run one model saved with save_pretrained: the embedded default's
+warm start (2.6M-parameter Llama, character tokenizer; the model ``python run.py`` trains), or
+with ``--model-init random`` a random-init copy of it. ``--rollout-engine`` picks our engines'
+``rollout.engine`` (``compiled`` compiles in the first warm-up step, shown as "first step").
+Results and profiles: benchmarks/README.md. Settings shared by both GRPOs: groups of ``--n``,
+beta 0 (TRL's default: no reference model), clip 0.2, group-std advantages, token-mean loss
+(TRL's ``dapo``), one update per generation batch, temperature 1.0, AdamW at lr 1e-5, float32
+on CPU.
 A step's time is wall-clock from the start of the step (generation included) to the optimizer
 step; the table shows the median over ``--steps`` steps after ``--warmup`` steps. Peak tensor
 memory (ours only) comes from a second child that profiles one warm-up and one step with
