@@ -202,7 +202,7 @@ def decode(
             break
         if compact_fraction is not None and done and done >= compact_fraction * len(live) and len(live) > min_rows:
             keep = (~finished).nonzero().squeeze(1)
-            if len(keep) < min_rows:  # pad with finished rows (their tokens are never recorded)
+            if len(keep) < min_rows:  # pad with finished rows (they record only padding)
                 keep = torch.cat((keep, finished.nonzero().squeeze(1)[: min_rows - len(keep)])).sort().values
             live, tokens, finished, position = live[keep], tokens[keep], finished[keep], position[keep]
             if step_fn is not None:

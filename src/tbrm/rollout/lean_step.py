@@ -124,9 +124,7 @@ class LeanStep:
         config = model.config
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
-        self.head_dim = attn.head_dim
         self.scaling = float(attn.scaling)
-        self.layers = len(body.layers)
         self.compiled = compiled
         rotary = body.rotary_emb
         angles = torch.arange(capacity, device=rotary.inv_freq.device).float()[:, None] * rotary.inv_freq
@@ -185,11 +183,6 @@ class LeanStep:
             and all(_plain_linears(layer) for layer in model.model.layers)
         )
         return cls(model, cache.layers[0].capacity, compiled=compiled) if covered else None
-
-    def new_cache(self, rows: int, capacity: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Empty ``keys`` and ``values`` buffers for ``rows`` rows and ``capacity`` positions."""
-        shape = (self.layers, rows, self.kv_heads, capacity, self.head_dim)
-        return like.new_empty(shape), like.new_empty(shape)
 
     @torch.no_grad()
     def __call__(self, tokens, positions, keys, values, bias):
