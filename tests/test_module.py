@@ -169,15 +169,23 @@ class GroupsThenTies:
 
 def test_grpo_skips_zero_advantage_rows_without_changing_the_update(tiny_model_dir):
     """Half the groups tie at step 1 and all of them at step 2: skipping their backward pass
-    leaves the parameters after both steps, and the logged metrics, as they are without skipping
-    (AdamW's step on an all-zero gradient included)."""
+    (and their forward: the rollout recorded their log-probs and entropies) leaves the parameters
+    after both steps, and the logged metrics, as they are without skipping (AdamW's step on an
+    all-zero gradient included)."""
     results = []
     for skip in (False, True):
         torch.manual_seed(0)
         objective = GRPO(group_size=2, beta=0.0, skip_zero_advantage=skip)
         module = make(tiny_model_dir, reward=GroupsThenTies(), objective=objective)
         initial = {k: v.clone() for k, v in module.policy.state_dict().items()}
+        rows = []  # rows of each update forward (the rollout's prefill runs with a cache)
+        module.policy.register_forward_pre_hook(
+            lambda _, args, kw, rows=rows: None if kw.get("use_cache") else rows.append(len(kw["input_ids"])),
+            with_kwargs=True,
+        )
         _, metrics = fit(module, steps=2)
+        # skipping: no forward for inert rows either (the rollout recorded their metrics' inputs)
+        assert sum(rows) == (len(metrics) * 8 if not skip else 4)
         results.append(({k: v.clone() for k, v in module.policy.state_dict().items()}, metrics))
     (plain, plain_metrics), (skipped, metrics) = results
     assert "train/inert_frac" not in plain_metrics[0]

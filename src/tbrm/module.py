@@ -6,7 +6,8 @@ objective needs (reference log-probs, critic values; no grad) -> ``objective.pre
 (advantages, returns) -> for each of ``objective.epochs`` passes and
 ``objective.num_minibatches`` minibatches: one forward pass of the policy giving
 log pi_theta(a_h|s_h) and V_theta(s_1) (and the critic's values) per micro-batch of rows of
-similar length (``tbrm.rollout.batching``; rows ``objective.inert_rows`` marks are skipped) ->
+similar length (``tbrm.rollout.batching``; rows ``objective.inert_rows`` marks skip the
+backward, and the forward too when the rollout recorded their log-probs and entropies) ->
 ``objective.loss`` -> accumulated gradients -> clipped optimizer step(s). TBRM takes one step per
 rollout batch; GRPO and PPO as many as they ask for. The module asks the objective what it needs
 (``needs_reference``, ``needs_critic``, ``temperature_scaled``) and never branches on its name.
@@ -243,6 +244,9 @@ class RLModule(L.LightningModule):
         params = [list(m.parameters()) for m in (self.policy, self.critic) if m is not None]
         clip = self.optim_cfg["grad_clip"]
         updates = objective.epochs * objective.num_minibatches
+        # one optimizer step per rollout: the policy stays the sampler until the update ends
+        stats = rollout.stats
+        recorded = stats is not None and updates == 1 and stats.temperature == temperature
         done = 0
         for _ in range(objective.epochs):
             order = torch.randperm(size).tolist() if updates > 1 else list(range(size))
@@ -252,11 +256,14 @@ class RLModule(L.LightningModule):
                 whole_mask = rollout.completion_mask[rows]
                 active = rows if inert is None else [r for r in rows if not inert[r]]
                 idle = [] if inert is None else [r for r in rows if inert[r]]
-                # Inert rows get a forward pass for the logged metrics only (no backward).
+                # Inert rows only feed the logged metrics (no backward); while the policy is still
+                # the one that sampled them, from what the rollout recorded (no forward either).
                 for part, backward in ((active, True), (idle, False)):
                     for sub in self._micro_batches(rollout, part):
                         with torch.set_grad_enabled(backward):
-                            metrics, weight = self._micro_step(rollout, sub, exp, whole_mask, temperature)
+                            metrics, weight = self._micro_step(
+                                rollout, sub, exp, whole_mask, temperature, recorded=recorded and not backward
+                            )
                         for key, value_ in metrics.items():
                             sums[key] = sums.get(key, 0.0) + float(value_) * weight / updates
                 if not active:  # an all-zero gradient still steps AdamW (its moments decay)
@@ -302,18 +309,23 @@ class RLModule(L.LightningModule):
         self.log_dict(sums, on_step=True, on_epoch=False, batch_size=size)
         self.log("train/acc", sums["train/accuracy"], prog_bar=True, logger=False, batch_size=size)
 
-    def _micro_step(self, rollout, sub, exp, whole_mask, temperature) -> tuple[dict, float]:
+    def _micro_step(self, rollout, sub, exp, whole_mask, temperature, recorded=False) -> tuple[dict, float]:
         """Forward and (with grad enabled) backward of the micro-batch ``sub`` (rows of the
         rollout), its loss scaled by its share of the (mini-)batch; returns its metrics and that
-        share."""
+        share. ``recorded`` (no grad, policy unchanged since the rollout): the policy's log-probs,
+        entropies and V(s_1) come from ``rollout.stats`` instead of a forward pass."""
         objective = self.objective
         mb = rollout.select(sub)
         idx = torch.tensor(sub, device=self.device)
         keep = mb.completion_ids.shape[1]
         mexp = {k: v[idx] if v.dim() == 1 else v[idx, :keep] for k, v in exp.items()}
-        mexp["log_probs"], mexp["initial_value"], mexp["entropy"] = completion_logprobs(
-            self.policy, mb, with_entropy=True, entropy_grad=objective.needs_entropy_grad, temperature=temperature
-        )
+        if recorded:
+            mexp["log_probs"], mexp["initial_value"] = mb.stats.log_probs, mb.stats.initial_value
+            mexp["entropy"] = mb.stats.entropy
+        else:
+            mexp["log_probs"], mexp["initial_value"], mexp["entropy"] = completion_logprobs(
+                self.policy, mb, with_entropy=True, entropy_grad=objective.needs_entropy_grad, temperature=temperature
+            )
         if self.critic is not None:
             mexp["values"] = completion_values(self.critic, mb)
         loss, metrics = objective.loss(mexp)

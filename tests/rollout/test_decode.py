@@ -111,6 +111,33 @@ def test_preallocated_layer_writes_in_place_and_selects_rows():
         layer.update(torch.ones(2, 2, 1, 8), torch.ones(2, 2, 1, 8))
 
 
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_group_shares_its_prompt_prefill(model_and_tokenizer, lean):
+    """``group=n``: the prefill runs on one copy of each prompt and is copied to its n rows; the
+    outputs are those of prefilling every row (greedy: the same tokens; sampled: the same draws
+    from the same seed, log-probs equal up to rounding)."""
+    model, tokenizer = model_and_tokenizer
+    ids, mask = prompts(tokenizer, 3)
+    for kw in ({"greedy": True}, {"temperature": 0.9}):
+        shared = run(model, tokenizer, ids, mask, group=3, lean=lean, with_stats=True, **kw)
+        each = run(model, tokenizer, ids, mask, group=1, lean=lean, with_stats=True, **kw)
+        assert torch.equal(shared[0], each[0])
+        torch.testing.assert_close(shared[1], each[1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(shared[2].initial_value, each[2].initial_value, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="12 rows do not come in groups of 5"):
+        run(model, tokenizer, ids, mask, group=5)
+
+
+def test_preallocated_layer_repeats_rows_for_a_group():
+    layer = PreallocatedLayer(capacity=6)
+    k = torch.randn(2, 1, 3, 4)
+    layer.update(k, k + 1)
+    layer.batch_repeat_interleave(3)
+    assert layer.key_buffer.shape == (6, 1, 6, 4) and layer.get_seq_length() == 3
+    torch.testing.assert_close(layer.keys, k.repeat_interleave(3, 0))
+    torch.testing.assert_close(layer.values, (k + 1).repeat_interleave(3, 0))
+
+
 ARCHITECTURES = {
     "llama-gqa": (LlamaForCausalLM, LlamaConfig, {"num_key_value_heads": 2}),
     "qwen2-bias": (Qwen2ForCausalLM, Qwen2Config, {"num_key_value_heads": 2}),

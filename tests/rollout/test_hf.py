@@ -52,6 +52,32 @@ def test_behavior_log_probs_match_a_forward_pass(model_and_tokenizer, temperatur
     torch.testing.assert_close(log_probs, out.behavior_log_probs, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("engine", ["compact", "compiled"])
+def test_rollout_stats_are_what_the_update_forward_computes(model_and_tokenizer, engine):
+    """The log-probs (before top-p), entropies and V(s_1) a sampled rollout records equal
+    ``completion_logprobs`` on the same tokens at the same temperature (rows dropped midway);
+    greedy rollouts and ``engine=hf`` record none."""
+    model, tokenizer = model_and_tokenizer
+    if engine == "compiled":
+        pytest.importorskip("torch._inductor")
+    torch.manual_seed(2)
+    out = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, n=3, temperature=0.7, top_p=0.9,
+                            max_new_tokens=14, engine=engine)  # fmt: skip
+    log_probs, value, entropy = completion_logprobs(model, out, with_entropy=True, temperature=0.7)
+    stats = out.stats
+    assert stats.temperature == 0.7 and stats.log_probs.shape == out.completion_ids.shape
+    torch.testing.assert_close(stats.log_probs, log_probs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(stats.entropy, entropy * out.completion_mask, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(stats.initial_value, value, atol=1e-4, rtol=1e-4)
+    assert torch.all(out.behavior_log_probs >= stats.log_probs - 1e-6)  # top-p renormalises: never below
+    assert torch.any(out.behavior_log_probs > stats.log_probs + 1e-3)
+    sub = out.select([4, 1])
+    torch.testing.assert_close(sub.stats.entropy, stats.entropy[[4, 1], : sub.completion_ids.shape[1]])
+    greedy = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, greedy=True, max_new_tokens=4)
+    plain = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, max_new_tokens=4, engine="hf")
+    assert greedy.stats is None and plain.stats is None
+
+
 def test_top_p_is_applied_before_the_behaviour_log_probs_are_read(model_and_tokenizer):
     """With a nucleus of one token, sampling is greedy and every sampled token had probability 1;
     a model's own generation defaults (here top-k 1) never narrow the distribution further."""

@@ -118,9 +118,10 @@ class GRPO(Objective):
         advantage_eps: added to the standard deviation.
         skip_zero_advantage: with beta = 0, a completion whose advantage is 0 (every member of a
             group with equal rewards) adds exactly nothing to the loss or its gradient (Eq. 3:
-            both terms of the min are 0), so the update skips its backward pass (a forward pass
-            without grad still gives the logged metrics); the loss keeps its normaliser, so the
-            gradient is unchanged.
+            both terms of the min are 0), so the update skips its backward pass; its logged
+            metrics come from the log-probs and entropies the rollout recorded while sampling
+            (one update per rollout: the policy is still the sampler), else from a forward pass
+            without grad. The loss keeps its normaliser, so the gradient is unchanged.
     """
 
     group_size: int = 4

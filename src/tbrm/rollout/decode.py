@@ -27,6 +27,7 @@ pure tensor function over the model's parameters and the cache held as two tenso
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -83,6 +84,36 @@ class PreallocatedLayer(DynamicLayer):
             setattr(self, name, new)
         self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
 
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Each row ``repeats`` times in a row (a prompt's prefill shared by its group)."""
+        if self.is_initialized:
+            rows = torch.arange(self.key_buffer.shape[0], device=self.key_buffer.device)
+            self.batch_select_indices(rows.repeat_interleave(repeats))
+
+
+@dataclass
+class RolloutStats:
+    """What ``tbrm.rollout.hf.completion_logprobs`` would return for a rollout's tokens under the
+    policy that drew them, computed from the logits the rollout already has (no extra forward):
+    ``log_probs`` and ``entropy`` (rows, steps) of the tempered distribution before top-p (0 after
+    EOS), ``initial_value`` (rows,) the logsumexp of the raw logits after the prompt, at
+    ``temperature``. Equal to the forward pass's up to float rounding while the policy has not
+    changed since the rollout."""
+
+    log_probs: torch.Tensor
+    entropy: torch.Tensor
+    initial_value: torch.Tensor
+    temperature: float
+
+    def to(self, device) -> RolloutStats:
+        move = (t.to(device) for t in (self.log_probs, self.entropy, self.initial_value))
+        return RolloutStats(*move, self.temperature)
+
+    def select(self, rows: torch.Tensor, steps: int) -> RolloutStats:
+        """Rows ``rows`` (an index tensor), the first ``steps`` steps."""
+        pick = (self.log_probs[rows, :steps], self.entropy[rows, :steps], self.initial_value[rows])
+        return RolloutStats(*pick, self.temperature)
+
 
 def preallocated_cache(model, capacity: int) -> DynamicCache:
     """The model's default cache with each full-attention layer preallocated to ``capacity``
@@ -93,29 +124,44 @@ def preallocated_cache(model, capacity: int) -> DynamicCache:
 
 
 def sample_tokens(
-    logits: torch.Tensor, *, temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    with_stats: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """One token per row from next-token ``logits`` (rows, vocab), and its log-probability under
     the distribution it was drawn from (after temperature and top-p; the raw softmax when greedy).
 
     The same operations in the same order as ``generate``'s ``TemperatureLogitsWarper``,
     ``TopPLogitsWarper`` and multinomial draw, so the random stream is consumed identically.
+    With ``with_stats``, also the token's log-probability and the entropy under the tempered
+    distribution before top-p, ``log softmax(z / T)`` and ``H(softmax(z / T))`` (``T``: 1 when
+    greedy): what an update's forward pass computes for that token (``completion_logprobs``).
     """
     scores = logits.float()
+    if not greedy and temperature != 1.0:
+        scores = scores / temperature
+    probs = scores.softmax(-1) if with_stats or (not greedy and top_p >= 1.0) else None
     if greedy:
         tokens = scores.argmax(-1)
     else:
-        if temperature != 1.0:
-            scores = scores / temperature
+        sampled = scores
         if top_p < 1.0:
             ascending, order = torch.sort(scores, descending=False)
             cumulative = ascending.softmax(-1).cumsum(-1)
             remove = cumulative <= 1 - top_p
             remove[..., -1:] = False  # keep at least the most likely token
-            scores = scores.masked_fill(remove.scatter(1, order, remove), -float("inf"))
-        tokens = torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
-    log_probs = scores.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(scores, -1)
-    return tokens, log_probs
+            sampled = scores.masked_fill(remove.scatter(1, order, remove), -float("inf"))
+        tokens = torch.multinomial(probs if top_p >= 1.0 else sampled.softmax(-1), num_samples=1).squeeze(1)
+    # top-p only sets the scores of tokens it removes, never of a drawn one: one gather serves both
+    picked = scores.gather(1, tokens[:, None]).squeeze(1)
+    lse = torch.logsumexp(scores, -1)
+    log_probs = picked - (lse if greedy or top_p >= 1.0 else torch.logsumexp(sampled, -1))
+    if not with_stats:
+        return tokens, log_probs
+    return tokens, log_probs, picked - lse, lse - (probs * scores).sum(-1)
 
 
 def accepts_logits_to_keep(model) -> bool:
@@ -144,11 +190,16 @@ def decode(
     compact_fraction: float | None = 0.25,
     lean: bool = True,
     compiled: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    group: int = 1,
+    with_stats: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Sample up to ``max_new_tokens`` tokens after left-padded prompts; stop at EOS.
 
     Returns ``(completion_ids, behavior_log_probs)``, both (rows, steps) where ``steps`` is the
     length of the longest completion; a row is ``pad_token_id`` (log-prob 0) after its EOS.
+    With ``with_stats``, also ``RolloutStats`` (what an update's forward pass would compute for
+    these tokens under the policy that drew them). ``group``: rows come in runs of ``group``
+    copies of one prompt (GRPO's groups), whose prefill runs once per prompt.
     Finished rows leave the batch once they are at least ``compact_fraction`` of the rows still
     decoded (None: never, so the batch and the random stream are exactly ``generate``'s). With
     ``lean``, the decode steps of a Llama-family model run ``tbrm.rollout.lean_step.LeanStep``
@@ -157,6 +208,8 @@ def decode(
     """
     rows, prompt_len = input_ids.shape
     device = input_ids.device
+    if group < 1 or rows % group:
+        raise ValueError(f"decode: {rows} rows do not come in groups of {group}.")
     cache = preallocated_cache(model, prompt_len + max_new_tokens)
     step_fn = LeanStep.for_model(model, cache, compiled=compiled) if lean or compiled else None
     if compiled and step_fn is None:
@@ -170,14 +223,18 @@ def decode(
     position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
     extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     cache_arg = cache_argument(model)
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
+    logits = model(  # the prefill: once per prompt of a group, then copied to each member
+        input_ids=input_ids[::group],
+        attention_mask=attention_mask[::group],
+        position_ids=position_ids[::group],
         **{cache_arg: cache},
         use_cache=True,
         **extra,
     ).logits[:, -1]
+    if group > 1:
+        logits = logits.repeat_interleave(group, 0)
+        cache.batch_repeat_interleave(group)
+    initial_value = torch.logsumexp(logits.float(), -1) if with_stats else None
     position = position_ids[:, -1:]
     if step_fn is not None:  # the lean step reads the cache as two tensors (layers, rows, ...)
         keys = torch.stack([layer.key_buffer for layer in cache.layers])
@@ -188,13 +245,19 @@ def decode(
     min_rows = 2 if compiled else 1
     tokens_out = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     log_probs_out = torch.zeros(rows, max_new_tokens, device=device)
+    outputs = [log_probs_out]
+    if with_stats:  # the policy's log-probs (before top-p) and entropies
+        outputs += [torch.zeros(rows, max_new_tokens, device=device) for _ in range(2)]
     live = torch.arange(rows, device=device)  # the original row of each row still decoded
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     steps = 0
     for step in range(max_new_tokens):
-        tokens, log_probs = sample_tokens(logits, temperature=temperature, top_p=top_p, greedy=greedy)
+        tokens, *sampled = sample_tokens(
+            logits, temperature=temperature, top_p=top_p, greedy=greedy, with_stats=with_stats
+        )
         tokens_out[live, step] = tokens.masked_fill(finished, pad_token_id)
-        log_probs_out[live, step] = log_probs.masked_fill(finished, 0.0)
+        for out, value in zip(outputs, sampled, strict=True):
+            out[live, step] = value.masked_fill(finished, 0.0)
         finished = finished | (tokens == eos_token_id)
         steps = step + 1
         done = int(finished.sum())
@@ -226,4 +289,8 @@ def decode(
             **{cache_arg: cache},
             use_cache=True,
         ).logits[:, -1]
-    return tokens_out[:, :steps], log_probs_out[:, :steps]
+    if not with_stats:
+        return tokens_out[:, :steps], log_probs_out[:, :steps]
+    policy, entropy = (out[:, :steps] for out in outputs[1:])
+    temperature = 1.0 if greedy else temperature
+    return tokens_out[:, :steps], log_probs_out[:, :steps], RolloutStats(policy, entropy, initial_value, temperature)

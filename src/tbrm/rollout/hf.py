@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from tbrm.rollout.decode import accepts_logits_to_keep, decode
+from tbrm.rollout.decode import RolloutStats, accepts_logits_to_keep, decode
 
 ENGINES = ("compact", "compiled", "hf")
 
@@ -64,6 +64,9 @@ class RolloutBatch:
         behavior_log_probs: log-probs of the sampled tokens under the sampling distribution,
             (batch, response_len), 0 on padding.
         prompts, answers, completions: the texts, one entry per row.
+        stats: what ``completion_logprobs`` would return under the policy that sampled the
+            batch, recorded while sampling (``tbrm.rollout.decode.RolloutStats``); None for
+            ``rollout.engine=hf`` and for stored trajectories.
     """
 
     prompt_ids: torch.Tensor
@@ -74,6 +77,7 @@ class RolloutBatch:
     prompts: list[str]
     answers: list[str]
     completions: list[str] = field(default_factory=list)
+    stats: RolloutStats | None = None
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -86,6 +90,7 @@ class RolloutBatch:
             prompts=self.prompts,
             answers=self.answers,
             completions=self.completions,
+            stats=None if self.stats is None else self.stats.to(device),
         )
 
     def select(self, index: slice | list[int] | torch.Tensor) -> RolloutBatch:
@@ -107,6 +112,7 @@ class RolloutBatch:
             prompts=[self.prompts[i] for i in rows],
             answers=[self.answers[i] for i in rows],
             completions=[self.completions[i] for i in rows] if self.completions else [],
+            stats=None if self.stats is None else self.stats.select(idx, keep),
         )
 
 
@@ -149,8 +155,9 @@ def generate_rollouts(
     model.eval()
     prompt_ids = enc["input_ids"].repeat_interleave(n, 0)
     prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)
+    stats = None
     if engine in ("compact", "compiled"):
-        completion_ids, behavior = decode(
+        completion_ids, behavior, *recorded = decode(
             model,
             prompt_ids,
             prompt_mask,
@@ -161,12 +168,17 @@ def generate_rollouts(
             top_p=top_p,
             greedy=greedy,
             compiled=engine == "compiled",
+            group=n,
+            with_stats=not greedy,
         )
     else:
         completion_ids, behavior = _hf_generate(model, enc, n, temperature, top_p, max_new_tokens, greedy, tokenizer)
     model.train(was_training)
     mask = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
     behavior = torch.nan_to_num(behavior, neginf=0.0) * mask
+    if not greedy and engine != "hf":
+        (stats,) = recorded
+        stats.log_probs, stats.entropy = stats.log_probs * mask, stats.entropy * mask
     completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return RolloutBatch(
@@ -178,6 +190,7 @@ def generate_rollouts(
         prompts=[p for p in prompts for _ in range(n)],
         answers=[a for a in answers for _ in range(n)],
         completions=texts,
+        stats=stats,
     )
 
 
