@@ -12,7 +12,8 @@ the rounds, ratios the median (and range) of each round's own ratio, since this 
 drifts within minutes. All run one model saved with save_pretrained: the embedded default's
 warm start (2.6M-parameter Llama, character tokenizer; the model ``python run.py`` trains), or
 with ``--model-init random`` a random-init copy of it. ``--rollout-engine`` picks our engines'
-``rollout.engine`` (``compiled`` compiles in the first warm-up step, shown as "first step").
+``rollout.engine`` (``compiled`` loads its compiled decode step in the first warm-up step, shown as
+"first step", and compiles it there if this machine has never compiled it).
 Results and profiles: benchmarks/README.md. Settings shared by both GRPOs: groups of ``--n``,
 beta 0 (TRL's default: no reference model), clip 0.2, group-std advantages, token-mean loss
 (TRL's ``dapo``), one update per generation batch, temperature 1.0, AdamW at lr 1e-5, float32
@@ -126,7 +127,7 @@ def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
         return times, phases
     from torch.profiler import ProfilerActivity, profile
 
-    if module.rollout_cfg["engine"] == "compiled":  # compile outside the profiler (tracing it takes GBs)
+    if module.rollout_cfg["engine"] == "compiled":  # compile (or load) outside the profiler
         from tbrm.rollout import generate_rollouts
 
         rows = task.splits()["train"][: args.completions // n]
@@ -263,7 +264,7 @@ def main() -> None:
         "--rollout-engine",
         choices=["compact", "compiled", "hf"],
         default="compact",
-        help="our engines' rollout.engine (compiled: the decode step under torch.compile, compiled in the "
+        help="our engines' rollout.engine (compiled: the decode step compiled ahead of time, loaded in the "
         "first warm-up step; --plain: hf)",
     )
     parser.add_argument("--engine", help=argparse.SUPPRESS)

@@ -191,18 +191,28 @@ def test_other_models_decode_through_their_forward(model_and_tokenizer):
 
 
 @pytest.mark.slow
-def test_compiled_step_draws_what_the_eager_step_draws_and_compiles_once(model_and_tokenizer):
+def test_compiled_step_draws_what_the_eager_step_draws_and_compiles_once(model_and_tokenizer, tmp_path, monkeypatch):
     """rollout.engine=compiled: the same tokens and log-probs as the eager lean step (GQA and
-    q/k/v biases exercised), with finished rows dropped, and one graph for every batch size and
-    cache length (dynamic shapes: no recompiling per step or per batch)."""
-    from torch._dynamo.utils import counters
+    q/k/v biases exercised), with finished rows dropped, from one package compiled ahead of time
+    for every batch size, cache length and capacity, and loaded (not rebuilt) by a new process."""
+    import subprocess
+
+    from tbrm.rollout import lean_step
 
     _, tokenizer = model_and_tokenizer
     model = small(*ARCHITECTURES["qwen2-bias"], vocab=len(tokenizer))
     for layer in model.model.layers:
         torch.nn.init.normal_(layer.self_attn.k_proj.bias, std=0.5)
-    torch._dynamo.reset()
-    counters.clear()
+    monkeypatch.setenv("TBRM_CACHE", str(tmp_path))
+    lean_step.compiled_step.cache_clear()
+    builds = []  # our compilations in a child process (inductor runs commands of its own)
+    real_run = subprocess.run
+
+    def counted(cmd, *args, **kwargs):
+        builds.extend(["built"] if "tbrm.rollout.lean_step" in cmd else [])
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", counted)
     for n, kw in ((2, {"greedy": True}), (3, {"temperature": 0.8, "compact_fraction": 0.01})):
         ids, mask = prompts(tokenizer, n)
         eager = run(model, tokenizer, ids, mask, **kw)
@@ -210,8 +220,29 @@ def test_compiled_step_draws_what_the_eager_step_draws_and_compiles_once(model_a
         assert torch.equal(compiled[0], eager[0])
         torch.testing.assert_close(compiled[1], eager[1], atol=1e-5, rtol=1e-5)
     ids, mask = prompts(tokenizer, 1)
-    run(model, tokenizer, ids[1:], mask[1:], compiled=True, max_new_tokens=24)  # other rows and lengths
-    assert counters["stats"]["unique_graphs"] == 1
+    kw = {"max_new_tokens": 24, "greedy": True}
+    other = run(model, tokenizer, ids[1:], mask[1:], compiled=True, **kw)  # other rows, lengths, capacity
+    assert torch.equal(other[0], run(model, tokenizer, ids[1:], mask[1:], **kw)[0])
+    assert len(builds) == 1 and len(list((tmp_path / "aoti").glob("*.pt2"))) == 1
+    lean_step.compiled_step.cache_clear()  # a new process: loads the package, compiles nothing
+    run(model, tokenizer, ids, mask, compiled=True, greedy=True)
+    assert len(builds) == 1
+
+
+def test_a_failed_ahead_of_time_compilation_names_the_fallback(model_and_tokenizer, tmp_path, monkeypatch):
+    import subprocess
+
+    from tbrm.rollout import lean_step
+
+    model, tokenizer = model_and_tokenizer
+    monkeypatch.setenv("TBRM_CACHE", str(tmp_path))
+    lean_step.compiled_step.cache_clear()
+    failed = subprocess.CompletedProcess([], 1, stdout="", stderr="g++: command not found")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(RuntimeError, match="(?s)use rollout.engine=compact.*g\\+\\+: command not found"):
+        generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, engine="compiled")
+    lean_step.compiled_step.cache_clear()
+    assert not list(tmp_path.glob("aoti/*.pt2"))
 
 
 def test_compiled_engine_refuses_a_model_it_does_not_cover(model_and_tokenizer):

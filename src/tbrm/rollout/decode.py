@@ -20,7 +20,7 @@ full-vocabulary log-softmax kept.
 
 For Llama-family models the decode steps (not the prefill) run ``tbrm.rollout.lean_step``: one
 pure tensor function over the model's parameters and the cache held as two tensors, run eagerly
-(``rollout.engine=compact``) or compiled once per process by ``torch.compile``
+(``rollout.engine=compact``) or compiled ahead of time, once per machine, by AOTInductor
 (``rollout.engine=compiled``).
 """
 
@@ -204,7 +204,7 @@ def decode(
     decoded (None: never, so the batch and the random stream are exactly ``generate``'s). With
     ``lean``, the decode steps of a Llama-family model run ``tbrm.rollout.lean_step.LeanStep``
     (other models, and the prefill, run the model's ``forward``); ``compiled`` runs it under
-    ``torch.compile`` and requires a covered model.
+    AOTInductor (``tbrm.rollout.lean_step.compiled_step``) and requires a covered model.
     """
     rows, prompt_len = input_ids.shape
     device = input_ids.device
@@ -277,9 +277,7 @@ def decode(
         tokens = tokens.masked_fill(finished, pad_token_id)
         if step_fn is not None:
             cached = prompt_len + step
-            logits, new_keys, new_values = step_fn(
-                tokens, position[:, 0], keys[:, :, :, :cached], values[:, :, :, :cached], bias[:, :cached]
-            )
+            logits, new_keys, new_values = step_fn(tokens, position[:, 0], keys, values, bias, cached)
             keys[:, :, :, cached], values[:, :, :, cached] = new_keys, new_values
             continue
         logits = model(

@@ -141,13 +141,13 @@ def generate_rollouts(
 
     Rows are grouped by prompt: rows ``i*n .. i*n+n-1`` belong to ``prompts[i]``. ``engine``:
     ``compact`` (``tbrm.rollout.decode``: preallocated KV cache, finished rows leave the batch),
-    ``compiled`` (the same loop, its Llama-family decode step compiled by ``torch.compile``) or
+    ``compiled`` (the same loop, its Llama-family decode step compiled ahead of time) or
     ``hf`` (plain ``model.generate``); all sample the same distribution.
     """
     if engine not in ENGINES:
         raise ValueError(
             f"rollout.engine={engine!r} is not one of {ENGINES}; use compact (the lean loop), compiled (the "
-            "lean loop with its decode step under torch.compile) or hf (model.generate)."
+            "lean loop with its decode step compiled ahead of time) or hf (model.generate)."
         )
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)

@@ -15,10 +15,13 @@ computation as the model's ``forward`` for one new token per row:
 - with the new token attending to itself through a separate score, merged into the same
   softmax as the cached positions (no concatenation of the cache).
 
-A pure function with no Python state is what ``torch.compile`` turns into one graph:
-``rollout.engine=compiled`` compiles it once per process with dynamic shapes (any rows, any
-cache length; inductor's generated CPU kernels fuse the norms, rotary embedding and SwiGLU), and
-``rollout.engine=compact`` runs it eagerly.
+A pure function with no Python state is what ``torch.export`` captures whole:
+``rollout.engine=compiled`` compiles it ahead of time with AOTInductor, with dynamic shapes (any
+rows, cache length and capacity), once per machine and model architecture (the weights are
+inputs, not constants), in a child process; every later process loads the package from disk
+(``compiled_step``). Its generated CPU kernels fuse the norms, rotary embedding and SwiGLU, and
+a decode step is one C++ call: no Python between its kernels, no tracing and no guards.
+``rollout.engine=compact`` runs the same function eagerly.
 
 It covers the decoder layout shared by Llama, Mistral (without a sliding window), Qwen2 and
 Qwen3: pre-norm RMSNorm, rotary position embedding of the default type, grouped-query attention
@@ -30,6 +33,12 @@ through ``forward``.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -107,11 +116,100 @@ def step(
     return logits, torch.stack(new_keys), torch.stack(new_values)
 
 
+class _Sliced(torch.nn.Module):
+    """``step`` on whole cache buffers: the cached length is the size of ``length`` (an empty
+    (cached, 0) tensor), so every size and stride the compiled code sees is a size of an input
+    (a slice of a buffer has strides that follow its capacity, which no input would name)."""
+
+    def __init__(self, heads: int, kv_heads: int, scaling: float) -> None:
+        super().__init__()
+        self.options = {"heads": heads, "kv_heads": kv_heads, "scaling": scaling}
+
+    def forward(self, params, tokens, positions, keys, values, bias, length):
+        cached = length.shape[0]
+        return step(
+            params, tokens, positions, keys[:, :, :, :cached], values[:, :, :, :cached], bias[:, :cached],
+            **self.options,
+        )  # fmt: skip
+
+
+def _spec(value):
+    """A JSON-able description of ``params``: tensors by shape and dtype, constants as they are."""
+    if isinstance(value, torch.Tensor):
+        return {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+    if isinstance(value, dict):
+        return {key: _spec(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_spec(item) for item in value]
+    return value
+
+
+def _from_spec(spec, device: str, capacity: int):
+    """Zero tensors as ``spec`` describes them (a None size: ``capacity``), constants as they are."""
+    if isinstance(spec, dict) and set(spec) == {"shape", "dtype"}:
+        shape = [capacity if size is None else size for size in spec["shape"]]
+        return torch.zeros(shape, dtype=getattr(torch, spec["dtype"]), device=device)
+    if isinstance(spec, dict):
+        return {key: _from_spec(item, device, capacity) for key, item in spec.items()}
+    if isinstance(spec, list):
+        return [_from_spec(item, device, capacity) for item in spec]
+    return spec
+
+
+def build_package(spec: dict, path: str) -> None:
+    """Export ``step`` for the weights ``spec`` describes, with any rows (>= 2) and cache length
+    (dynamic shapes), and compile it ahead of time (AOTInductor) into the package ``path``."""
+    rows, capacity, cached = 3, 13, 7  # sizes with no accidental relation between them
+    device = spec["device"]
+    params = _from_spec(spec["params"], device, capacity)
+    dim, kv_heads, layers = spec["head_dim"], spec["kv_heads"], len(spec["params"]["layers"])
+    dtype = params["head"].dtype
+    keys = torch.zeros(layers, rows, kv_heads, capacity, dim, dtype=dtype, device=device)
+    index = torch.zeros(rows, dtype=torch.long, device=device)
+    bias, length = torch.zeros(rows, capacity, dtype=dtype, device=device), torch.empty(cached, 0, device=device)
+    example = (params, index, index.clone(), keys, torch.zeros_like(keys), bias, length)
+    rows_dim, capacity_dim, cached_dim = (torch.export.Dim(name, min=2) for name in ("rows", "capacity", "cached"))
+    params_dynamic = torch.utils._pytree.tree_map(lambda _: None, params)
+    params_dynamic["cos"] = params_dynamic["sin"] = {0: capacity_dim}  # the rotary tables span the cache
+    dynamic = (
+        params_dynamic,
+        {0: rows_dim}, {0: rows_dim},
+        {1: rows_dim, 3: capacity_dim}, {1: rows_dim, 3: capacity_dim},
+        {0: rows_dim, 1: capacity_dim}, {0: cached_dim},
+    )  # fmt: skip
+    module = _Sliced(spec["heads"], kv_heads, spec["scaling"])
+    with torch.no_grad():
+        exported = torch.export.export(module, example, dynamic_shapes=dynamic)
+        torch._inductor.aoti_compile_and_package(exported, package_path=path)
+
+
+def package_dir() -> Path:
+    """Where compiled decode steps are kept: ``$TBRM_CACHE/aoti`` (default ``~/.cache/tbrm``)."""
+    return Path(os.environ.get("TBRM_CACHE", Path.home() / ".cache" / "tbrm")) / "aoti"
+
+
 @functools.cache
-def compiled_step():
-    """``step`` under ``torch.compile`` (dynamic shapes, one graph): compiled on its first call,
-    then reused for every rollout, batch size and cache length of the process."""
-    return torch.compile(step, dynamic=True, fullgraph=True)
+def compiled_step(spec_json: str):
+    """The decode step for the weights ``spec_json`` describes, compiled ahead of time once per
+    machine (AOTInductor, in a child process, so the compiler's memory never joins the training
+    process) and loaded from ``package_dir()`` by every later process: no compilation, no
+    tracing and no guards at run time, one C++ call per decode step."""
+    key = hashlib.sha256(f"{torch.__version__}|{sys.version_info[:2]}|{spec_json}".encode()).hexdigest()[:20]
+    path = package_dir() / f"decode_step_{key}.pt2"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
+        done = subprocess.run(
+            [sys.executable, "-m", "tbrm.rollout.lean_step", str(partial)], input=spec_json, text=True,
+            capture_output=True,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(
+                "rollout.engine=compiled could not compile the decode step ahead of time (it needs a C++ "
+                f"compiler); use rollout.engine=compact. The compiler said:\n{done.stderr[-3000:]}"
+            )
+        os.replace(partial, path)  # whole or not at all, even with several processes compiling
+    return torch._inductor.aoti_load_package(str(path))
 
 
 class LeanStep:
@@ -185,10 +283,26 @@ class LeanStep:
         return cls(model, cache.layers[0].capacity, compiled=compiled) if covered else None
 
     @torch.no_grad()
-    def __call__(self, tokens, positions, keys, values, bias):
-        """``step`` on the weights packed for this rollout (see there)."""
-        fn = compiled_step() if self.compiled else step
-        return fn(
-            self.params, tokens, positions, keys, values, bias,
+    def __call__(self, tokens, positions, keys, values, bias, cached: int):
+        """``step`` on the weights packed for this rollout, against the first ``cached`` positions
+        of the cache buffers ``keys``, ``values`` (layers, rows, kv_heads, capacity, head_dim) and
+        ``bias`` (rows, capacity) (see ``step``)."""
+        if self.compiled:
+            fn = compiled_step(json.dumps(self.spec()))  # key order: the order the call flattens
+            return fn(self.params, tokens, positions, keys, values, bias, torch.empty(cached, 0, device=keys.device))
+        return step(
+            self.params, tokens, positions, keys[:, :, :, :cached], values[:, :, :, :cached], bias[:, :cached],
             heads=self.heads, kv_heads=self.kv_heads, scaling=self.scaling,
         )  # fmt: skip
+
+    def spec(self) -> dict:
+        """What the compiled step depends on: the weights' shapes and dtypes, and the constants."""
+        dim = self.params["cos"].shape[-1]
+        options = {"heads": self.heads, "kv_heads": self.kv_heads, "scaling": self.scaling, "head_dim": dim}
+        params = _spec(self.params)
+        params["cos"]["shape"][0] = params["sin"]["shape"][0] = None  # the cache's capacity: any
+        return {"params": params, "device": self.params["head"].device.type, **options}
+
+
+if __name__ == "__main__":  # python -m tbrm.rollout.lean_step PACKAGE < spec.json (see compiled_step)
+    build_package(json.loads(sys.stdin.read()), sys.argv[1])
