@@ -8,9 +8,12 @@ a random-init copy, whose completions end at a random EOS), the same prompt batc
 ``hf`` (``model.generate``), the compact loop with the model's forward and no row dropping
 (``preallocated``: only the KV cache differs), with row dropping (``+ compaction``), and with the
 lean Llama step (``+ lean step``: ``rollout.engine=compact``, the default), and with that step
-compiled (``compiled``: ``rollout.engine=compiled``; its compilation, in the warm-up, is timed
-apart). Prints the median seconds per batch, the decode steps run and the row-steps computed,
-then the top operators of one batch of each engine (torch.profiler, self CPU time).
+compiled ahead of time (``compiled``: ``rollout.engine=compiled``; loading it, or compiling it the
+first time on a machine, happens in the warm-up, timed apart). Every compact variant prefills a
+group's prompt once. Prints the median seconds per batch, the decode steps run and the
+row-steps computed, then the top operators of one batch of each engine (torch.profiler, self
+CPU time; ``compiled``'s decode steps are one C++ call each, which the profiler does not break
+down).
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def main() -> None:
         warmup = {}
         for label, (engine, options) in VARIANTS.items():
             start = time.perf_counter()
-            run(model, tokenizer, batches[:2], engine, options, args.n)  # warm-up (and compilation)
+            run(model, tokenizer, batches[:2], engine, options, args.n)  # warm-up (and loading the compiled step)
             warmup[label] = time.perf_counter() - start
         # batch by batch, every engine in turn from the same seed: a slow spell hits all alike
         results = {label: ([], [], []) for label in VARIANTS}
