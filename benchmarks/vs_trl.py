@@ -19,7 +19,9 @@ beta 0 (TRL's default: no reference model), clip 0.2, group-std advantages, toke
 (TRL's ``dapo``), one update per generation batch, temperature 1.0, AdamW at lr 1e-5, float32
 on CPU.
 A step's time is wall-clock from the start of the step (generation included) to the optimizer
-step; the table shows the median over ``--steps`` steps after ``--warmup`` steps. Peak tensor
+step; the table shows the median over ``--steps`` steps after ``--warmup`` steps, and of the
+completion tokens generated per second of step (completions x their mean length, which each
+trainer logs, / step time). Peak tensor
 memory (ours only) comes from a second child that profiles one warm-up and one step with
 torch.profiler's memory timeline: parameters (reference and critic included), gradients,
 optimizer states, activations and temporaries. Peak RSS is mostly libraries at this size.
@@ -65,6 +67,7 @@ def save_model(path: Path, which: str) -> None:
 
 
 PHASES = ("perf/rollout_s", "perf/ref_s", "perf/update_s")
+LENGTH = "completion_len"  # mean completion length of each step (train/response_length; TRL's completions/mean_length)
 
 
 def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
@@ -99,7 +102,7 @@ def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
         optimizer={"lr": 1e-5, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 1.0},
     )
     times: list[float] = []
-    phases: dict[str, list[float]] = {k: [] for k in PHASES}
+    phases: dict[str, list[float]] = {k: [] for k in (*PHASES, LENGTH)}
 
     class Timer(L.Callback):
         def on_train_batch_start(self, *a):
@@ -109,6 +112,7 @@ def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
             times.append(time.perf_counter() - self.t0)
             for key in PHASES:
                 phases[key].append(float(trainer.callback_metrics[key]))
+            phases[LENGTH].append(float(trainer.callback_metrics["train/response_length"]))
 
     trainer = L.Trainer(
         accelerator="cpu",
@@ -159,6 +163,7 @@ def run_trl(args) -> list[float]:
     task = ArithmeticTask(num_val=8, num_test=8)
     rows = [{"prompt": r["prompt"], "answer": r["answer"]} for r in task.splits()["train"]]
     times: list[float] = []
+    lengths: list[float] = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
@@ -166,6 +171,10 @@ def run_trl(args) -> list[float]:
 
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.t0)
+
+        def on_log(self, args, state, control, logs=None, **k):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(float(logs["completions/mean_length"]))
 
     def reward(completions, answer, **kwargs):
         return exact_number_reward(completions, answer)
@@ -199,7 +208,7 @@ def run_trl(args) -> list[float]:
         callbacks=[Timer()],
     )
     trainer.train()
-    return times, {}
+    return times, {LENGTH: lengths}
 
 
 def child(args) -> None:
@@ -210,12 +219,15 @@ def child(args) -> None:
         print("RESULT " + json.dumps({"engine": args.engine, "peak_tensor_gb": phases["peak_tensor_gb"][0]}))
         return
     steady = times[args.warmup :]
+    lengths = phases.pop(LENGTH)[args.warmup :]
+    rates = [length * args.completions / t for length, t in zip(lengths, steady, strict=True)]
     record = {
         "engine": args.engine,
         "step_s": statistics.median(steady),
         "first_step_s": times[0],
         "steps": len(steady),
         "peak_rss_gb": peak_mem_gb("cpu"),  # the process's max RSS
+        "tokens_per_s": statistics.median(rates),  # completion tokens generated per second of step
         **{key: statistics.median(values[args.warmup :]) for key, values in phases.items()},
     }
     print("RESULT " + json.dumps(record), flush=True)
@@ -311,8 +323,8 @@ def main() -> None:
         f"tokens; each figure the median over {args.repeats} round(s) of the median of {args.steps} steps after "
         f"{args.warmup}; ratios: median (range) of the rounds' ratios; one process per engine per round, CPU.\n"
     )
-    header = ["engine", "s / step", "first step s", "rollout s", "reference s", "update s", "tensor GB", "RSS GB",
-              "step / TRL", "RSS / TRL"]  # fmt: skip
+    header = ["engine", "s / step", "completion tokens / s", "first step s", "rollout s", "reference s", "update s",
+              "tensor GB", "RSS GB", "step / TRL", "RSS / TRL"]  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     base = "trl-grpo" if "trl-grpo" in results else None
@@ -323,7 +335,8 @@ def main() -> None:
         tensor = f"{memory[engine]:.3f}" if engine in memory else "-"
         first = f"{r['first_step_s']:.2f}"
         rss = f"{r['peak_rss_gb']:.2f}"
-        print(f"| {engine} | {r['step_s']:.3f} | {first} | {split} | {tensor} | {rss} | {ratio} | {mem} |")
+        rate = f"{r['tokens_per_s']:.0f}"
+        print(f"| {engine} | {r['step_s']:.3f} | {rate} | {first} | {split} | {tensor} | {rss} | {ratio} | {mem} |")
     if "tbrm" in results and "ppo" in results:
         tensors = memory["tbrm"] / memory["ppo"]
         print(
