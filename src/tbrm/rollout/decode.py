@@ -241,7 +241,7 @@ def decode(
         values = torch.stack([layer.value_buffer for layer in cache.layers])
         bias = torch.zeros(mask.shape, dtype=keys.dtype, device=device).masked_fill(mask == 0, -float("inf"))
         del cache
-    # compiled: never fewer than 2 rows, so the graph compiled for any batch size is reused
+    # compiled: never fewer than 2 rows (the package is exported for 2 or more: export specialises 1)
     min_rows = 2 if compiled else 1
     tokens_out = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     log_probs_out = torch.zeros(rows, max_new_tokens, device=device)
