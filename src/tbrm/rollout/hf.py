@@ -155,7 +155,7 @@ def generate_rollouts(
     model.eval()
     prompt_ids = enc["input_ids"].repeat_interleave(n, 0)
     prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)
-    stats = None
+    stats, recorded = None, []
     if engine in ("compact", "compiled"):
         completion_ids, behavior, *recorded = decode(
             model,
@@ -176,7 +176,7 @@ def generate_rollouts(
     model.train(was_training)
     mask = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
     behavior = torch.nan_to_num(behavior, neginf=0.0) * mask
-    if not greedy and engine != "hf":
+    if recorded:  # sampled through decode: what the update's forward would compute
         (stats,) = recorded
         stats.log_probs, stats.entropy = stats.log_probs * mask, stats.entropy * mask
     completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)

@@ -126,11 +126,14 @@ class _Sliced(torch.nn.Module):
         self.options = {"heads": heads, "kv_heads": kv_heads, "scaling": scaling}
 
     def forward(self, params, tokens, positions, keys, values, bias, length):
-        cached = length.shape[0]
-        return step(
-            params, tokens, positions, keys[:, :, :, :cached], values[:, :, :, :cached], bias[:, :cached],
-            **self.options,
-        )  # fmt: skip
+        return step_on_buffers(params, tokens, positions, keys, values, bias, length.shape[0], **self.options)
+
+
+def step_on_buffers(params, tokens, positions, keys, values, bias, cached, **options):
+    """``step`` against the first ``cached`` positions of whole cache buffers ``keys``, ``values``
+    (layers, rows, kv_heads, capacity, head_dim) and ``bias`` (rows, capacity)."""
+    keys, values, bias = keys[:, :, :, :cached], values[:, :, :, :cached], bias[:, :cached]
+    return step(params, tokens, positions, keys, values, bias, **options)
 
 
 def _spec(value):
@@ -260,6 +263,8 @@ class LeanStep:
             "head": model.lm_head.weight,
             "head_bias": model.lm_head.bias,
         }
+        # key order of the spec: the order the call flattens the params in
+        self.compiled_fn = compiled_step(json.dumps(self.spec())) if compiled else None
 
     @classmethod
     def for_model(cls, model, cache, *, compiled: bool = False) -> LeanStep | None:
@@ -288,12 +293,10 @@ class LeanStep:
         of the cache buffers ``keys``, ``values`` (layers, rows, kv_heads, capacity, head_dim) and
         ``bias`` (rows, capacity) (see ``step``)."""
         if self.compiled:
-            fn = compiled_step(json.dumps(self.spec()))  # key order: the order the call flattens
-            return fn(self.params, tokens, positions, keys, values, bias, torch.empty(cached, 0, device=keys.device))
-        return step(
-            self.params, tokens, positions, keys[:, :, :, :cached], values[:, :, :, :cached], bias[:, :cached],
-            heads=self.heads, kv_heads=self.kv_heads, scaling=self.scaling,
-        )  # fmt: skip
+            length = torch.empty(cached, 0, device=keys.device)
+            return self.compiled_fn(self.params, tokens, positions, keys, values, bias, length)
+        options = {"heads": self.heads, "kv_heads": self.kv_heads, "scaling": self.scaling}
+        return step_on_buffers(self.params, tokens, positions, keys, values, bias, cached, **options)
 
     def spec(self) -> dict:
         """What the compiled step depends on: the weights' shapes and dtypes, and the constants."""
