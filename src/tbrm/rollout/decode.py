@@ -123,6 +123,19 @@ def preallocated_cache(model, capacity: int) -> DynamicCache:
     return cache
 
 
+def stacked_cache(cache: DynamicCache, name: str, group: int = 1) -> torch.Tensor:
+    """The ``name`` buffers (``key_buffer`` or ``value_buffer``) of a prefilled cache of
+    ``PreallocatedLayer``s as one tensor (layers, rows * group, kv_heads, capacity, head_dim), each
+    row's filled positions copied to ``group`` rows in a row (only those positions are copied)."""
+    first = cache.layers[0]
+    prompts, kv_heads, capacity, dim = getattr(first, name).shape
+    out = getattr(first, name).new_empty(len(cache.layers), prompts * group, kv_heads, capacity, dim)
+    for i, layer in enumerate(cache.layers):
+        grouped = out[i].view(prompts, group, kv_heads, capacity, dim)
+        grouped[:, :, :, : layer.length] = getattr(layer, name)[:, None, :, : layer.length]
+    return out
+
+
 def sample_tokens(
     logits: torch.Tensor,
     *,
@@ -233,12 +246,13 @@ def decode(
     ).logits[:, -1]
     if group > 1:
         logits = logits.repeat_interleave(group, 0)
-        cache.batch_repeat_interleave(group)
     initial_value = torch.logsumexp(logits.float(), -1) if with_stats else None
     position = position_ids[:, -1:]
-    if step_fn is not None:  # the lean step reads the cache as two tensors (layers, rows, ...)
-        keys = torch.stack([layer.key_buffer for layer in cache.layers])
-        values = torch.stack([layer.value_buffer for layer in cache.layers])
+    if step_fn is None:
+        if group > 1:
+            cache.batch_repeat_interleave(group)
+    else:  # the lean step reads the cache as two tensors (layers, rows, ...)
+        keys, values = (stacked_cache(cache, name, group) for name in ("key_buffer", "value_buffer"))
         bias = torch.zeros(mask.shape, dtype=keys.dtype, device=device).masked_fill(mask == 0, -float("inf"))
         del cache
     # compiled: never fewer than 2 rows (the package is exported for 2 or more: export specialises 1)
@@ -269,7 +283,7 @@ def decode(
                 keep = torch.cat((keep, finished.nonzero().squeeze(1)[: min_rows - len(keep)])).sort().values
             live, tokens, finished, position = live[keep], tokens[keep], finished[keep], position[keep]
             if step_fn is not None:
-                keys, values, bias = keys[:, keep], values[:, keep], bias[keep]
+                keys, values, bias = keys.index_select(1, keep), values.index_select(1, keep), bias[keep]
             else:
                 mask = mask[keep]
                 cache.batch_select_indices(keep)
@@ -277,8 +291,7 @@ def decode(
         tokens = tokens.masked_fill(finished, pad_token_id)
         if step_fn is not None:
             cached = prompt_len + step
-            logits, new_keys, new_values = step_fn(tokens, position[:, 0], keys, values, bias, cached)
-            keys[:, :, :, cached], values[:, :, :, cached] = new_keys, new_values
+            logits = step_fn(tokens, position[:, 0], keys, values, bias, cached)  # writes position `cached`
             continue
         logits = model(
             input_ids=tokens[:, None],

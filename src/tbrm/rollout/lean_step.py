@@ -47,9 +47,22 @@ SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """HF's RMSNorm: ``weight * (x * rsqrt(mean(x^2) + eps))``, the normalisation in float32."""
+    """HF's RMSNorm: ``weight * (x * rsqrt(mean(x^2) + eps))``, the normalisation in float32 (one
+    fused ``rms_norm`` for float32 inputs; lower precisions cast back before the weight, as HF)."""
+    if x.dtype == torch.float32 and not torch.compiler.is_compiling():
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
     xf = x.float()
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, eager: bool) -> torch.Tensor:
+    """The rotary embedding ``x * cos + rotate_half(x) * sin`` (HF's ``apply_rotary_pos_emb``),
+    with ``rotate_half(x) * sin == swap_halves(x) * sin_signed`` and ``sin_signed = [-sin_1, sin_2]``.
+    Eagerly one flip and one multiply-add; for export, the concatenation Inductor fuses best."""
+    half = x.shape[-1] // 2
+    if eager:
+        return torch.addcmul(x * cos, x.unflatten(-1, (2, half)).flip(-2).flatten(-2), sin_signed)
+    return x * cos + torch.cat((x[..., half:], x[..., :half]), -1) * sin_signed
 
 
 def _eps(norm) -> float:
@@ -71,69 +84,82 @@ def step(
     keys: torch.Tensor,
     values: torch.Tensor,
     bias: torch.Tensor,
+    cached: int,
     *,
     heads: int,
     kv_heads: int,
     scaling: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Next-token logits (rows, vocab) for ``tokens`` (rows,) at ``positions`` (rows,), and the
-    new token's keys and values (layers, rows, kv_heads, head_dim) for the caller to append.
+    write: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Next-token logits (rows, vocab) for ``tokens`` (rows,) at ``positions`` (rows,), against
+    the first ``cached`` positions of the cache buffers ``keys`` / ``values`` (layers, rows,
+    kv_heads, capacity, head_dim); ``bias`` (rows, capacity) is 0 where attended and -inf on
+    padding.
 
-    ``keys`` / ``values`` (layers, rows, kv_heads, cached, head_dim) hold the cached positions and
-    ``bias`` (rows, cached) is 0 where attended and -inf on padding. Attention is
-    ``softmax([q.K^T, q.k_new] * scaling + [bias, 0]) . [V; v_new]``, the new token's own score
-    merged into the softmax, which is what ``forward`` computes after appending it to the cache.
+    Pure (``write`` False, what ``torch.export`` captures): the cache is only read, and the new
+    token's keys and values (layers, rows, kv_heads, head_dim) are returned for the caller to
+    append. Attention is ``softmax([q.K^T, q.k_new] * scaling + [bias, 0]) . [V; v_new]``, the
+    new token's own score merged into the softmax. With ``write`` (the eager step) each layer
+    writes its new keys and values at position ``cached`` first and attends over ``cached + 1``
+    positions with one ``scaled_dot_product_attention`` (fewer operators); it returns
+    ``(logits, None, None)``. Both compute what ``forward`` computes after appending the token.
     """
     rows, dim = tokens.shape[0], keys.shape[-1]
     group = heads // kv_heads
+    joint = heads + kv_heads  # q and k heads
     hidden = F.embedding(tokens, params["embed"])
-    cos, sin = params["cos"][positions][:, None], params["sin"][positions][:, None]  # (rows, 1, dim)
-    half = dim // 2
+    cos, sin = params["cos"][positions][:, None], params["sin_signed"][positions][:, None]  # (rows, 1, dim)
+    end = cached + 1 if write else cached
+    keys, values, bias = keys[:, :, :, :end], values[:, :, :, :end], bias[:, :end]
     new_keys, new_values = [], []
     for i, p in enumerate(params["layers"]):
         x = _rms(hidden, p["input_norm"], p["input_eps"])
         qkv = x @ p["qkv"] if p["qkv_bias"] is None else torch.addmm(p["qkv_bias"], x, p["qkv"])
-        q = qkv[:, : heads * dim].view(rows, heads, dim)
-        k = qkv[:, heads * dim : (heads + kv_heads) * dim].view(rows, kv_heads, dim)
-        v = qkv[:, (heads + kv_heads) * dim :].view(rows, kv_heads, dim)
+        q, k, v = (
+            qkv[:, a * dim : b * dim].view(rows, b - a, dim)
+            for a, b in ((0, heads), (heads, joint), (joint, joint + kv_heads))
+        )
         if p["q_norm"] is not None:
             q, k = _rms(q, p["q_norm"], p["qk_eps"]), _rms(k, p["k_norm"], p["qk_eps"])
-        q = q * cos + torch.cat((-q[..., half:], q[..., :half]), -1) * sin
-        k = k * cos + torch.cat((-k[..., half:], k[..., :half]), -1) * sin
-        new_keys.append(k)
-        new_values.append(v)
-        q = q.view(rows, kv_heads, group, dim)
-        cached = torch.matmul(q, keys[i].transpose(-1, -2)) * scaling + bias[:, None, None]
-        own = (q * k[:, :, None]).sum(-1, keepdim=True) * scaling
-        weights = torch.cat((cached, own), -1).softmax(-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(weights[..., :-1], values[i]) + weights[..., -1:] * v[:, :, None]
+        if write and p["q_norm"] is None:  # eager: q and k are adjacent in qkv, rotated in one go
+            qk = _rotate(qkv[:, : joint * dim].view(rows, joint, dim), cos, sin, eager=True)
+            q, k = qk[:, :heads], qk[:, heads:]
+        else:
+            q, k = _rotate(q, cos, sin, eager=write), _rotate(k, cos, sin, eager=write)
+        q = q.reshape(rows, kv_heads, group, dim)
+        if write:
+            keys[i, :, :, cached], values[i, :, :, cached] = k, v
+            out = F.scaled_dot_product_attention(q, keys[i], values[i], attn_mask=bias[:, None, None], scale=scaling)
+        else:
+            new_keys.append(k)
+            new_values.append(v)
+            scores = torch.matmul(q, keys[i].transpose(-1, -2)) * scaling + bias[:, None, None]
+            own = (q * k[:, :, None]).sum(-1, keepdim=True) * scaling
+            weights = torch.cat((scores, own), -1).softmax(-1, dtype=torch.float32).to(q.dtype)
+            out = torch.matmul(weights[..., :-1], values[i]) + weights[..., -1:] * v[:, :, None]
         hidden = torch.addmm(hidden, out.reshape(rows, heads * dim), p["o"])
         x = _rms(hidden, p["post_norm"], p["post_eps"])
         gate_up = x @ p["gate_up"]
         inner = gate_up.shape[-1] // 2
         hidden = torch.addmm(hidden, F.silu(gate_up[:, :inner]) * gate_up[:, inner:], p["down"])
     logits = F.linear(_rms(hidden, params["norm"], params["norm_eps"]), params["head"], params["head_bias"])
+    if write:
+        return logits, None, None
     return logits, torch.stack(new_keys), torch.stack(new_values)
 
 
 class _Sliced(torch.nn.Module):
-    """``step`` on whole cache buffers: the cached length is the size of ``length`` (an empty
-    (cached, 0) tensor), so every size and stride the compiled code sees is a size of an input
-    (a slice of a buffer has strides that follow its capacity, which no input would name)."""
+    """The pure ``step`` on whole cache buffers, for export: the cached length is the size of
+    ``length`` (an empty (cached, 0) tensor), so every size and stride the compiled code sees is a
+    size of an input (a slice of a buffer has strides that follow its capacity, which no input
+    would name)."""
 
     def __init__(self, heads: int, kv_heads: int, scaling: float) -> None:
         super().__init__()
         self.options = {"heads": heads, "kv_heads": kv_heads, "scaling": scaling}
 
     def forward(self, params, tokens, positions, keys, values, bias, length):
-        return step_on_buffers(params, tokens, positions, keys, values, bias, length.shape[0], **self.options)
-
-
-def step_on_buffers(params, tokens, positions, keys, values, bias, cached, **options):
-    """``step`` against the first ``cached`` positions of whole cache buffers ``keys``, ``values``
-    (layers, rows, kv_heads, capacity, head_dim) and ``bias`` (rows, capacity)."""
-    keys, values, bias = keys[:, :, :, :cached], values[:, :, :, :cached], bias[:, :cached]
-    return step(params, tokens, positions, keys, values, bias, **options)
+        return step(params, tokens, positions, keys, values, bias, length.shape[0], **self.options)
 
 
 def _spec(value):
@@ -173,7 +199,7 @@ def build_package(spec: dict, path: str) -> None:
     example = (params, index, index.clone(), keys, torch.zeros_like(keys), bias, length)
     rows_dim, capacity_dim, cached_dim = (torch.export.Dim(name, min=2) for name in ("rows", "capacity", "cached"))
     params_dynamic = torch.utils._pytree.tree_map(lambda _: None, params)
-    params_dynamic["cos"] = params_dynamic["sin"] = {0: capacity_dim}  # the rotary tables span the cache
+    params_dynamic["cos"] = params_dynamic["sin_signed"] = {0: capacity_dim}  # the rotary tables span the cache
     dynamic = (
         params_dynamic,
         {0: rows_dim}, {0: rows_dim},
@@ -197,7 +223,9 @@ def compiled_step(spec_json: str):
     machine (AOTInductor, in a child process, so the compiler's memory never joins the training
     process) and loaded from ``package_dir()`` by every later process: no compilation, no
     tracing and no guards at run time, one C++ call per decode step."""
-    key = hashlib.sha256(f"{torch.__version__}|{sys.version_info[:2]}|{spec_json}".encode()).hexdigest()[:20]
+    # keyed by this file too: a package compiled from an older ``step`` is never loaded
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    key = hashlib.sha256(f"{torch.__version__}|{sys.version_info[:2]}|{source}|{spec_json}".encode()).hexdigest()[:20]
     path = package_dir() / f"decode_step_{key}.pt2"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +257,6 @@ class LeanStep:
         self.compiled = compiled
         rotary = body.rotary_emb
         angles = torch.arange(capacity, device=rotary.inv_freq.device).float()[:, None] * rotary.inv_freq
-        angles = torch.cat((angles, angles), -1)
         scale = getattr(rotary, "attention_scaling", 1.0)
         dtype = model.lm_head.weight.dtype
         layers = []
@@ -255,8 +282,8 @@ class LeanStep:
             )
         self.params = {
             "embed": body.embed_tokens.weight,
-            "cos": (angles.cos() * scale).to(dtype),
-            "sin": (angles.sin() * scale).to(dtype),
+            "cos": (angles.cos().repeat(1, 2) * scale).to(dtype),
+            "sin_signed": (torch.cat((-angles.sin(), angles.sin()), -1) * scale).to(dtype),
             "layers": layers,
             "norm": body.norm.weight,
             "norm_eps": _eps(body.norm),
@@ -288,22 +315,25 @@ class LeanStep:
         return cls(model, cache.layers[0].capacity, compiled=compiled) if covered else None
 
     @torch.no_grad()
-    def __call__(self, tokens, positions, keys, values, bias, cached: int):
+    def __call__(self, tokens, positions, keys, values, bias, cached: int) -> torch.Tensor:
         """``step`` on the weights packed for this rollout, against the first ``cached`` positions
         of the cache buffers ``keys``, ``values`` (layers, rows, kv_heads, capacity, head_dim) and
-        ``bias`` (rows, capacity) (see ``step``)."""
+        ``bias`` (rows, capacity): writes the new token's keys and values at position ``cached``
+        and returns the next-token logits (rows, vocab)."""
         if self.compiled:
             length = torch.empty(cached, 0, device=keys.device)
-            return self.compiled_fn(self.params, tokens, positions, keys, values, bias, length)
+            logits, new_keys, new_values = self.compiled_fn(self.params, tokens, positions, keys, values, bias, length)
+            keys[:, :, :, cached], values[:, :, :, cached] = new_keys, new_values
+            return logits
         options = {"heads": self.heads, "kv_heads": self.kv_heads, "scaling": self.scaling}
-        return step_on_buffers(self.params, tokens, positions, keys, values, bias, cached, **options)
+        return step(self.params, tokens, positions, keys, values, bias, cached, **options, write=True)[0]
 
     def spec(self) -> dict:
         """What the compiled step depends on: the weights' shapes and dtypes, and the constants."""
         dim = self.params["cos"].shape[-1]
         options = {"heads": self.heads, "kv_heads": self.kv_heads, "scaling": self.scaling, "head_dim": dim}
         params = _spec(self.params)
-        params["cos"]["shape"][0] = params["sin"]["shape"][0] = None  # the cache's capacity: any
+        params["cos"]["shape"][0] = params["sin_signed"]["shape"][0] = None  # the cache's capacity: any
         return {"params": params, "device": self.params["head"].device.type, **options}
 
 
