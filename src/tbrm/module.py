@@ -224,9 +224,13 @@ class RLModule(L.LightningModule):
         temperature = self.rollout_cfg["temperature"] if objective.temperature_scaled else 1.0
         exp = {"rewards": rewards, "mask": rollout.completion_mask, "behavior_log_probs": rollout.behavior_log_probs}
         t1 = time.perf_counter()
+        share = self.batching["split_cost_tokens"]  # a repeated prompt runs once where that saves more
         if self.ref_model is not None:
             ref_out = self._no_grad_pass(
-                lambda mb: completion_logprobs(self.ref_model, mb, temperature=temperature)[:2], rollout
+                lambda mb: completion_logprobs(self.ref_model, mb, temperature=temperature, share_cost_tokens=share)[
+                    :2
+                ],
+                rollout,
             )
             exp["ref_log_probs"], exp["ref_initial_value"] = ref_out
         t_ref = time.perf_counter() - t1
@@ -324,7 +328,14 @@ class RLModule(L.LightningModule):
             mexp["entropy"] = mb.stats.entropy
         else:
             mexp["log_probs"], mexp["initial_value"], mexp["entropy"] = completion_logprobs(
-                self.policy, mb, with_entropy=True, entropy_grad=objective.needs_entropy_grad, temperature=temperature
+                self.policy,
+                mb,
+                with_entropy=True,
+                entropy_grad=objective.needs_entropy_grad,
+                temperature=temperature,
+                share_cost_tokens=self.batching[
+                    "split_cost_tokens"
+                ],  # a repeated prompt runs once where that saves more
             )
         if self.critic is not None:
             mexp["values"] = completion_values(self.critic, mb)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tbrm.models.loading import load_model_and_tokenizer
+from tbrm.models.loading import enable_gradient_checkpointing, load_model_and_tokenizer
 from tbrm.rollout import completion_logprobs, completion_mask_from_ids, generate_rollouts
 
 PROMPTS = ["1*2=", "13*24=", "5+6=", "98*76="]  # different lengths: left padding is exercised
@@ -141,3 +141,54 @@ def test_detached_entropy_in_chunks_equals_the_whole(model_and_tokenizer, monkey
         _, _, chunked = completion_logprobs(model, out, with_entropy=True, temperature=1.0)
     assert chunked.shape == whole.shape and not chunked.requires_grad
     torch.testing.assert_close(chunked, whole.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_a_group_runs_its_prompt_once_with_the_same_values_and_gradients(model_and_tokenizer, monkeypatch):
+    """Rows that share a prompt (GRPO's groups) run it once: the log-probs, V(s_1), entropies
+    and parameter gradients equal those of running every row whole, for fewer positions through
+    the model; every row runs whole without a repeated prompt, when sharing saves no more than
+    a second forward call costs, and with gradient checkpointing."""
+    import tbrm.rollout.hf as hf
+
+    model, tokenizer = model_and_tokenizer
+    torch.manual_seed(4)
+    out = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, n=3, temperature=0.8, max_new_tokens=12)
+    positions = []
+    hook = model.model.register_forward_pre_hook(lambda _, args, kw: positions.append(kw["input_ids"].numel()),
+                                                 with_kwargs=True)  # fmt: skip
+
+    def pass_and_grads():
+        model.zero_grad(set_to_none=True)
+        log_probs, value, entropy = completion_logprobs(model, out, with_entropy=True, entropy_grad=True,
+                                                        temperature=0.8, share_cost_tokens=0)  # fmt: skip
+        ((log_probs.sum() + entropy.sum()) * 0.1 + value.sum()).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return (log_probs, value, entropy), grads, sum(positions)
+
+    try:
+        shared, shared_grads, shared_positions = pass_and_grads()
+        positions.clear()
+        monkeypatch.setattr(hf, "shared_prompt_logits", lambda *a: None)
+        whole, whole_grads, whole_positions = pass_and_grads()
+    finally:
+        hook.remove()
+    for a, b in zip(shared, whole, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert shared_grads.keys() == whole_grads.keys() and len(shared_grads) == len(list(model.parameters()))
+    for name, grad in shared_grads.items():
+        torch.testing.assert_close(grad, whole_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    prompt_len, response_len = out.prompt_ids.shape[1], out.completion_ids.shape[1]
+    assert whole_positions == 12 * (prompt_len + response_len)
+    assert shared_positions == 4 * prompt_len + 12 * (response_len - 1)
+    monkeypatch.undo()
+
+    assert hf.shared_prompt_logits(model, out.select(list(range(0, 12, 3))), 0) is None  # four distinct prompts
+    saved = 8 * out.prompt_ids.shape[1]  # 12 rows, 4 prompts
+    assert hf.shared_prompt_logits(model, out, saved) is None  # saves no more than a second call costs
+    assert hf.shared_prompt_logits(model, out, saved - 1) is not None
+    enable_gradient_checkpointing(model)
+    try:
+        assert hf.shared_prompt_logits(model, out, 0) is None
+    finally:
+        model.activation_checkpointing_disable()
+        model.config.use_cache = True

@@ -54,6 +54,12 @@ def enable_gradient_checkpointing(model) -> None:
     model.config.use_cache = False  # generate() turns the cache back on where it is asked for
 
 
+def recomputes_activations(model) -> bool:
+    """Activation (gradient) checkpointing is on for this transformers model."""
+    flag = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.2x
+    return bool(model.is_gradient_checkpointing if flag is None else flag)
+
+
 def load_model_and_tokenizer(
     name_or_path: str,
     *,

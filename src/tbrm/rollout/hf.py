@@ -13,9 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    DynamicCache,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.cache_utils import DynamicLayer
 
-from tbrm.rollout.decode import RolloutStats, accepts_logits_to_keep, decode
+from tbrm.models.loading import recomputes_activations
+from tbrm.rollout.decode import RolloutStats, accepts_logits_to_keep, cache_argument, decode
 
 ENGINES = ("compact", "compiled", "hf")
 
@@ -236,6 +245,56 @@ def model_inputs(batch: RolloutBatch) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
 
 
+def shared_prompt_logits(model, batch: RolloutBatch, cost_tokens: float = 256.0) -> torch.Tensor | None:
+    """The logits (batch, response_len, vocab) at the positions that predict the completion
+    tokens, with each distinct prompt of the batch run once (a GRPO group's n completions share
+    one): the prompts' forward fills a KV cache, each row gets its prompt's keys and values, and
+    the completions' forward attends to them. Gradients flow back through the shared keys and
+    values to the prompt's forward, so the result and its gradients are those of running every
+    row whole, for (n - 1) / n of the prompt positions less compute.
+
+    It pays when the positions it saves, (rows - distinct prompts) x prompt width, exceed what a
+    second forward call costs (``cost_tokens`` positions; ``split_cost_tokens`` of the update's
+    micro-batching, about 256 on 2 CPU cores): at the embedded default's 8-position prompts it
+    does not, at 20 positions it runs the update 16% faster, at 40 positions 33%. Returns None
+    (run every row whole) below that, and when the model is not a transformers model whose cache
+    is the plain ``DynamicCache``, or recomputes activations (gradient checkpointing drops the
+    cache).
+    """
+    key = torch.cat((batch.prompt_ids, batch.prompt_mask.to(batch.prompt_ids.dtype)), 1)
+    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+    saved = (len(key) - len(unique)) * batch.prompt_ids.shape[1]
+    if saved <= cost_tokens or not isinstance(model, PreTrainedModel) or recomputes_activations(model):
+        return None
+    width, response_len = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+    ids, prompt_mask = unique[:, :width], unique[:, width:]
+    cache, cache_arg = DynamicCache(config=model.config), cache_argument(model)
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):  # sliding windows and the like
+        return None
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    first = model(
+        input_ids=ids,
+        attention_mask=prompt_mask,
+        position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0),
+        **{cache_arg: cache},
+        use_cache=True,
+        **keep,
+    ).logits[:, -1:]
+    if response_len == 1:  # the last prompt position predicts the only completion token
+        return first[inverse]
+    for layer in cache.layers:  # each row's prompt (index: gradients add up over the group)
+        layer.keys, layer.values = layer.keys[inverse], layer.values[inverse]
+    mask = torch.cat((batch.prompt_mask, batch.completion_mask), 1)[:, :-1]  # the last token predicts nothing
+    rest = model(
+        input_ids=batch.completion_ids[:, :-1],
+        attention_mask=mask,
+        position_ids=(mask.cumsum(1) - 1).clamp(min=0)[:, width:],
+        **{cache_arg: cache},
+        use_cache=True,
+    ).logits
+    return torch.cat((first[inverse], rest), 1)
+
+
 def completion_logprobs(
     model,
     batch: RolloutBatch,
@@ -243,6 +302,7 @@ def completion_logprobs(
     with_entropy: bool = False,
     entropy_grad: bool = False,
     temperature: float = 1.0,
+    share_cost_tokens: float = 256.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One forward pass over prompt + completion.
 
@@ -253,9 +313,14 @@ def completion_logprobs(
     (the sampling distribution, for ratio-based objectives); V(s_1) always uses the raw logits.
     Log-probs are a gather minus a logsumexp, so no full-vocabulary log-softmax is kept for backward,
     and the LM head skips the prompt's positions (``logits_to_keep``) when the model allows it.
+    Rows that share a prompt run it once when that saves more than ``share_cost_tokens``
+    positions (``shared_prompt_logits``): the same values and gradients, less compute.
     """
     prompt_len, response_len = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
-    if accepts_logits_to_keep(model):  # the LM head runs on the positions that predict a token only
+    raw = shared_prompt_logits(model, batch, share_cost_tokens)
+    if raw is not None:
+        raw = raw.float()
+    elif accepts_logits_to_keep(model):  # the LM head runs on the positions that predict a token only
         out = model(**model_inputs(batch), use_cache=False, logits_to_keep=response_len + 1)
         raw = out.logits[:, :response_len].float()
     else:
