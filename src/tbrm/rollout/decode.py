@@ -258,28 +258,36 @@ def decode(
     # compiled: never fewer than 2 rows (the package is exported for 2 or more: export specialises 1)
     min_rows = 2 if compiled else 1
     tokens_out = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    log_probs_out = torch.zeros(rows, max_new_tokens, device=device)
-    outputs = [log_probs_out]
+    outputs = [torch.zeros(rows, max_new_tokens, device=device)]  # the behaviour log-probs
     if with_stats:  # the policy's log-probs (before top-p) and entropies
         outputs += [torch.zeros(rows, max_new_tokens, device=device) for _ in range(2)]
     live = torch.arange(rows, device=device)  # the original row of each row still decoded
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    # Each step's draws are kept as they come and written out once per set of live rows (no
+    # per-step indexing); what a row draws after its EOS is blanked at the end.
+    pending: list[tuple[torch.Tensor, ...]] = []
+
+    def flush(end: int) -> None:
+        if pending:
+            for j, out in enumerate((tokens_out, *outputs)):
+                out[live, end - len(pending) : end] = torch.stack([drawn[j] for drawn in pending], 1)
+            pending.clear()
+
     steps = 0
     for step in range(max_new_tokens):
         tokens, *sampled = sample_tokens(
             logits, temperature=temperature, top_p=top_p, greedy=greedy, with_stats=with_stats
         )
-        tokens_out[live, step] = tokens.masked_fill(finished, pad_token_id)
-        for out, value in zip(outputs, sampled, strict=True):
-            out[live, step] = value.masked_fill(finished, 0.0)
+        pending.append((tokens, *sampled))
         finished = finished | (tokens == eos_token_id)
         steps = step + 1
         done = int(finished.sum())
         if step + 1 == max_new_tokens or done == len(live):
             break
         if compact_fraction is not None and done and done >= compact_fraction * len(live) and len(live) > min_rows:
+            flush(steps)
             keep = (~finished).nonzero().squeeze(1)
-            if len(keep) < min_rows:  # pad with finished rows (they record only padding)
+            if len(keep) < min_rows:  # pad with finished rows (what they draw is blanked)
                 keep = torch.cat((keep, finished.nonzero().squeeze(1)[: min_rows - len(keep)])).sort().values
             live, tokens, finished, position = live[keep], tokens[keep], finished[keep], position[keep]
             if step_fn is not None:
@@ -300,8 +308,15 @@ def decode(
             **{cache_arg: cache},
             use_cache=True,
         ).logits[:, -1]
+    flush(steps)
+    tokens_out, outputs = tokens_out[:, :steps], [out[:, :steps] for out in outputs]
+    is_eos = tokens_out == eos_token_id
+    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
+    tokens_out.masked_fill_(after_eos, pad_token_id)
+    for out in outputs:
+        out.masked_fill_(after_eos, 0.0)
+    behavior, *recorded = outputs
     if not with_stats:
-        return tokens_out[:, :steps], log_probs_out[:, :steps]
-    policy, entropy = (out[:, :steps] for out in outputs[1:])
+        return tokens_out, behavior
     temperature = 1.0 if greedy else temperature
-    return tokens_out[:, :steps], log_probs_out[:, :steps], RolloutStats(policy, entropy, initial_value, temperature)
+    return tokens_out, behavior, RolloutStats(*recorded, initial_value, temperature)
