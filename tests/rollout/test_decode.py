@@ -236,13 +236,71 @@ def test_a_failed_ahead_of_time_compilation_names_the_fallback(model_and_tokeniz
 
     model, tokenizer = model_and_tokenizer
     monkeypatch.setenv("TBRM_CACHE", str(tmp_path))
+    monkeypatch.setattr(lean_step, "_FAILED", {})
     lean_step.compiled_step.cache_clear()
     failed = subprocess.CompletedProcess([], 1, stdout="", stderr="g++: command not found")
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: failed)
-    with pytest.raises(RuntimeError, match="(?s)use rollout.engine=compact.*g\\+\\+: command not found"):
-        generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, engine="compiled")
+    attempts = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: attempts.append(1) or failed)
+    for _ in range(2):  # the second rollout is refused at once: no second compilation
+        with pytest.raises(RuntimeError, match="(?s)use rollout.engine=compact.*g\\+\\+: command not found"):
+            generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, engine="compiled")
     lean_step.compiled_step.cache_clear()
-    assert not list(tmp_path.glob("aoti/*.pt2"))
+    assert len(attempts) == 1 and not list(tmp_path.glob("aoti/*.pt2"))
+
+
+def test_auto_engine_compiles_where_it_can_and_runs_eagerly_otherwise(model_and_tokenizer, monkeypatch, caplog):
+    """rollout.engine=auto: the compiled step on CPU where a C++ compiler is found (a stand-in
+    for the package here: the exported function itself; the package is tested above); the eager
+    lean step without a compiler, for a bfloat16 model or under autocast, or with one warning
+    when the compilation fails; the model's forward for a model the lean step does not cover. The same tokens."""
+    import json
+
+    from tbrm.rollout import lean_step
+
+    model, tokenizer = model_and_tokenizer
+    monkeypatch.setattr(lean_step, "_WARNED", [])
+    loaded = []
+
+    def package(spec_json):
+        loaded.append(spec_json)
+        options = {key: json.loads(spec_json)[key] for key in ("heads", "kv_heads", "scaling")}
+        return lambda params, tokens, positions, keys, values, bias, length: lean_step.step(
+            params, tokens, positions, keys, values, bias, length.shape[0], **options
+        )
+
+    def sample(engine):
+        torch.manual_seed(0)
+        return generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, n=2, max_new_tokens=12, engine=engine)
+
+    compact = sample("compact")
+    monkeypatch.setattr(lean_step, "compiled_step", package)
+    monkeypatch.setattr(lean_step, "compiler_found", lambda: True)
+    auto = sample("auto")
+    assert len(loaded) == 1
+    assert torch.equal(auto.completion_ids, compact.completion_ids)
+    torch.testing.assert_close(auto.behavior_log_probs, compact.behavior_log_probs, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(lean_step, "compiler_found", lambda: False)
+    assert torch.equal(sample("auto").completion_ids, compact.completion_ids) and len(loaded) == 1
+    monkeypatch.setattr(lean_step, "compiler_found", lambda: True)
+    half = small(*ARCHITECTURES["llama-gqa"], vocab=len(tokenizer)).to(torch.bfloat16)
+    generate_rollouts(half, tokenizer, PROMPTS, ANSWERS, max_new_tokens=6, engine="auto")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, max_new_tokens=6, engine="auto")
+    assert len(loaded) == 1  # bfloat16 weights or autocast: the eager step
+
+    def fails(spec_json):
+        raise RuntimeError("rollout.engine=compiled could not compile the decode step: g++: command not found")
+
+    monkeypatch.setattr(lean_step, "compiler_found", lambda: True)
+    monkeypatch.setattr(lean_step, "compiled_step", fails)
+    with caplog.at_level("WARNING", logger="tbrm.rollout.lean_step"):
+        for _ in range(2):
+            assert torch.equal(sample("auto").completion_ids, compact.completion_ids)
+    warned = [r for r in caplog.records if "rollout.engine=auto runs the decode step eagerly" in r.getMessage()]
+    assert len(warned) == 1 and "g++: command not found" in warned[0].getMessage()
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64))
+    out = generate_rollouts(gpt2.eval(), tokenizer, PROMPTS, ANSWERS, max_new_tokens=6, engine="auto")
+    assert out.completion_ids.shape[0] == len(PROMPTS)
 
 
 def test_compiled_engine_refuses_a_model_it_does_not_cover(model_and_tokenizer):
@@ -250,6 +308,12 @@ def test_compiled_engine_refuses_a_model_it_does_not_cover(model_and_tokenizer):
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64))
     with pytest.raises(ValueError, match="this gpt2 model is not covered: use rollout.engine=compact"):
         generate_rollouts(gpt2.eval(), tokenizer, PROMPTS, ANSWERS, engine="compiled")
+    half = small(*ARCHITECTURES["llama-gqa"], vocab=len(tokenizer)).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="float32 models without autocast, not a torch.bfloat16 model"):
+        generate_rollouts(half, tokenizer, PROMPTS, ANSWERS, engine="compiled")
+    model, _ = model_and_tokenizer
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match="not under autocast"):
+        generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, engine="compiled")
 
 
 def test_unknown_engine_is_refused(model_and_tokenizer):

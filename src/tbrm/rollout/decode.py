@@ -202,7 +202,7 @@ def decode(
     greedy: bool = False,
     compact_fraction: float | None = 0.25,
     lean: bool = True,
-    compiled: bool = False,
+    compiled: bool | None = False,
     group: int = 1,
     with_stats: bool = False,
 ) -> tuple[torch.Tensor, ...]:
@@ -217,14 +217,16 @@ def decode(
     decoded (None: never, so the batch and the random stream are exactly ``generate``'s). With
     ``lean``, the decode steps of a Llama-family model run ``tbrm.rollout.lean_step.LeanStep``
     (other models, and the prefill, run the model's ``forward``); ``compiled`` runs it under
-    AOTInductor (``tbrm.rollout.lean_step.compiled_step``) and requires a covered model.
+    AOTInductor (``tbrm.rollout.lean_step.compiled_step``) and requires a covered model; None
+    (``rollout.engine=auto``) compiles it where it can (a covered model on CPU, a C++ compiler)
+    and runs the lean or the model's step otherwise.
     """
     rows, prompt_len = input_ids.shape
     device = input_ids.device
     if group < 1 or rows % group:
         raise ValueError(f"decode: {rows} rows do not come in groups of {group}.")
     cache = preallocated_cache(model, prompt_len + max_new_tokens)
-    step_fn = LeanStep.for_model(model, cache, compiled=compiled) if lean or compiled else None
+    step_fn = LeanStep.for_model(model, cache, compiled=compiled) if lean or compiled is not False else None
     if compiled and step_fn is None:
         raise ValueError(
             f"rollout.engine=compiled compiles the decode step of Llama, Mistral, Qwen2 and Qwen3 models "
@@ -256,7 +258,7 @@ def decode(
         bias = torch.zeros(mask.shape, dtype=keys.dtype, device=device).masked_fill(mask == 0, -float("inf"))
         del cache
     # compiled: never fewer than 2 rows (the package is exported for 2 or more: export specialises 1)
-    min_rows = 2 if compiled else 1
+    min_rows = 2 if step_fn is not None and step_fn.compiled else 1
     tokens_out = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     outputs = [torch.zeros(rows, max_new_tokens, device=device)]  # the behaviour log-probs
     if with_stats:  # the policy's log-probs (before top-p) and entropies

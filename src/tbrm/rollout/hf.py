@@ -26,7 +26,7 @@ from transformers.cache_utils import DynamicLayer
 from tbrm.models.loading import recomputes_activations
 from tbrm.rollout.decode import RolloutStats, accepts_logits_to_keep, cache_argument, decode
 
-ENGINES = ("compact", "compiled", "hf")
+ENGINES = ("auto", "compact", "compiled", "hf")
 
 
 class BehaviorLogProbs(LogitsProcessor):
@@ -150,13 +150,15 @@ def generate_rollouts(
 
     Rows are grouped by prompt: rows ``i*n .. i*n+n-1`` belong to ``prompts[i]``. ``engine``:
     ``compact`` (``tbrm.rollout.decode``: preallocated KV cache, finished rows leave the batch),
-    ``compiled`` (the same loop, its Llama-family decode step compiled ahead of time) or
-    ``hf`` (plain ``model.generate``); all sample the same distribution.
+    ``compiled`` (the same loop, its Llama-family decode step compiled ahead of time),
+    ``auto`` (``compiled`` where it can: a covered model on CPU and a C++ compiler; ``compact``
+    otherwise) or ``hf`` (plain ``model.generate``); all sample the same distribution.
     """
     if engine not in ENGINES:
         raise ValueError(
-            f"rollout.engine={engine!r} is not one of {ENGINES}; use compact (the lean loop), compiled (the "
-            "lean loop with its decode step compiled ahead of time) or hf (model.generate)."
+            f"rollout.engine={engine!r} is not one of {ENGINES}; use auto (compiled where it can, compact "
+            "otherwise), compact (the lean loop), compiled (the lean loop with its decode step compiled ahead of "
+            "time) or hf (model.generate)."
         )
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
@@ -165,7 +167,7 @@ def generate_rollouts(
     prompt_ids = enc["input_ids"].repeat_interleave(n, 0)
     prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)
     stats, recorded = None, []
-    if engine in ("compact", "compiled"):
+    if engine != "hf":
         completion_ids, behavior, *recorded = decode(
             model,
             prompt_ids,
@@ -176,7 +178,7 @@ def generate_rollouts(
             temperature=temperature,
             top_p=top_p,
             greedy=greedy,
-            compiled=engine == "compiled",
+            compiled={"compact": False, "compiled": True, "auto": None}[engine],
             group=n,
             with_stats=not greedy,
         )

@@ -35,7 +35,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+log = logging.getLogger(__name__)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -218,6 +221,21 @@ def package_dir() -> Path:
 
 
 @functools.cache
+def compiler_found() -> bool:
+    """A C++ compiler for AOTInductor is on this machine (what ``rollout.engine=auto`` asks)."""
+    try:
+        from torch._inductor import cpp_builder
+
+        return shutil.which(cpp_builder.get_cpp_compiler()) is not None
+    except Exception:  # no compiler configured or found
+        return False
+
+
+_FAILED: dict[str, str] = {}  # package key -> the compiler's message: never retried in this process
+_WARNED: list[bool] = []  # rollout.engine=auto has said once that it fell back
+
+
+@functools.cache
 def compiled_step(spec_json: str):
     """The decode step for the weights ``spec_json`` describes, compiled ahead of time once per
     machine (AOTInductor, in a child process, so the compiler's memory never joins the training
@@ -227,20 +245,48 @@ def compiled_step(spec_json: str):
     source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
     key = hashlib.sha256(f"{torch.__version__}|{sys.version_info[:2]}|{source}|{spec_json}".encode()).hexdigest()[:20]
     path = package_dir() / f"decode_step_{key}.pt2"
+    if key in _FAILED:
+        raise RuntimeError(_FAILED[key])
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
-        done = subprocess.run(
-            [sys.executable, "-m", "tbrm.rollout.lean_step", str(partial)], input=spec_json, text=True,
-            capture_output=True,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(
-                "rollout.engine=compiled could not compile the decode step ahead of time (it needs a C++ "
-                f"compiler); use rollout.engine=compact. The compiler said:\n{done.stderr[-3000:]}"
-            )
-        os.replace(partial, path)  # whole or not at all, even with several processes compiling
+        with _exclusive(path.with_suffix(".lock")):  # one compiler per machine (DDP ranks wait for it)
+            if not path.exists():
+                log.info("compiling the decode step ahead of time into %s (once per machine and model "
+                         "architecture; about 30 s on 2 CPU cores)", path)  # fmt: skip
+                partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
+                done = subprocess.run(
+                    [sys.executable, "-m", "tbrm.rollout.lean_step", str(partial)], input=spec_json, text=True,
+                    capture_output=True,
+                )  # fmt: skip
+                if done.returncode != 0:
+                    _FAILED[key] = (
+                        "rollout.engine=compiled could not compile the decode step ahead of time (it needs a "
+                        f"C++ compiler); use rollout.engine=compact. The compiler said:\n{done.stderr[-3000:]}"
+                    )
+                    raise RuntimeError(_FAILED[key])
+                os.replace(partial, path)  # whole or not at all
     return torch._inductor.aoti_load_package(str(path))
+
+
+class _exclusive:
+    """An exclusive lock on ``path`` (``fcntl.flock``) for the ``with`` block; no lock where
+    ``fcntl`` is missing (Windows), where concurrent compilations then just repeat the work."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.file = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.file = open(self.path, "w")  # noqa: SIM115 (held until __exit__)
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()  # releases the lock
 
 
 class LeanStep:
@@ -294,10 +340,13 @@ class LeanStep:
         self.compiled_fn = compiled_step(json.dumps(self.spec())) if compiled else None
 
     @classmethod
-    def for_model(cls, model, cache, *, compiled: bool = False) -> LeanStep | None:
+    def for_model(cls, model, cache, *, compiled: bool | None = False) -> LeanStep | None:
         """A step for ``model`` (rotary tables for ``cache``'s capacity) if its architecture is
         covered and every layer of ``cache`` is a ``PreallocatedLayer``; None otherwise (the
-        caller falls back to ``forward``)."""
+        caller falls back to ``forward``). ``compiled``: True compiles it (float32 models only; or
+        raises), False runs it eagerly, None (``rollout.engine=auto``) compiles it for a float32
+        model on CPU, outside autocast, where a C++ compiler is found, and runs it eagerly
+        otherwise (with one warning if the compilation fails)."""
         from tbrm.rollout.decode import PreallocatedLayer
 
         config = model.config
@@ -312,7 +361,27 @@ class LeanStep:
             and hasattr(getattr(model.model, "rotary_emb", None), "inv_freq")
             and all(_plain_linears(layer) for layer in model.model.layers)
         )
-        return cls(model, cache.layers[0].capacity, compiled=compiled) if covered else None
+        if not covered:
+            return None
+        capacity = cache.layers[0].capacity
+        autocast = torch.is_autocast_enabled(model.device.type)
+        if compiled and (model.dtype != torch.float32 or autocast):
+            what = "under autocast" if autocast else f"a {model.dtype} model"
+            raise ValueError(
+                f"rollout.engine=compiled compiles the decode step of float32 models without autocast, not {what} "
+                "(trainer.precision=32-true): use rollout.engine=compact."
+            )
+        if compiled is None:
+            if model.device.type != "cpu" or model.dtype != torch.float32 or autocast or not compiler_found():
+                return cls(model, capacity)
+            try:
+                return cls(model, capacity, compiled=True)
+            except RuntimeError as error:
+                if not _WARNED:
+                    _WARNED.append(True)
+                    log.warning("rollout.engine=auto runs the decode step eagerly (as compact): %s", error)
+                return cls(model, capacity)
+        return cls(model, capacity, compiled=compiled)
 
     @torch.no_grad()
     def __call__(self, tokens, positions, keys, values, bias, cached: int) -> torch.Tensor:
