@@ -12,8 +12,9 @@ the rounds, ratios the median (and range) of each round's own ratio, since this 
 drifts within minutes. All run one model saved with save_pretrained: the embedded default's
 warm start (2.6M-parameter Llama, character tokenizer; the model ``python run.py`` trains), or
 with ``--model-init random`` a random-init copy of it. ``--rollout-engine`` picks our engines'
-``rollout.engine`` (``compiled`` loads its compiled decode step in the first warm-up step, shown as
-"first step", and compiles it there if this machine has never compiled it).
+``rollout.engine`` (``auto``, the default, and ``compiled`` load the compiled decode step in the
+first warm-up step, shown as "first step", and compile it there if this machine has never
+compiled it; ``auto`` runs ``compact`` where no C++ compiler is found).
 Results and profiles: benchmarks/README.md. Settings shared by both GRPOs: groups of ``--n``,
 beta 0 (TRL's default: no reference model), clip 0.2, group-std advantages, token-mean loss
 (TRL's ``dapo``), one update per generation batch, temperature 1.0, AdamW at lr 1e-5, float32
@@ -131,12 +132,12 @@ def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
         return times, phases
     from torch.profiler import ProfilerActivity, profile
 
-    if module.rollout_cfg["engine"] == "compiled":  # compile (or load) outside the profiler
+    if module.rollout_cfg["engine"] in ("auto", "compiled"):  # compile (or load) outside the profiler
         from tbrm.rollout import generate_rollouts
 
         rows = task.splits()["train"][: args.completions // n]
         generate_rollouts(module.policy, module.tokenizer, [r["prompt"] for r in rows], [r["answer"] for r in rows],
-                          n=n, max_new_tokens=args.max_new_tokens, engine="compiled")  # fmt: skip
+                          n=n, max_new_tokens=args.max_new_tokens, engine=module.rollout_cfg["engine"])  # fmt: skip
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         trainer.fit(module, datamodule=datamodule)
     return times, {"peak_tensor_gb": [peak_tensor_bytes(prof) / 1e9]}
@@ -274,10 +275,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--rollout-engine",
-        choices=["compact", "compiled", "hf"],
-        default="compact",
-        help="our engines' rollout.engine (compiled: the decode step compiled ahead of time, loaded in the "
-        "first warm-up step; --plain: hf)",
+        choices=["auto", "compact", "compiled", "hf"],
+        default="auto",
+        help="our engines' rollout.engine (auto, the default: compiled where a C++ compiler is found, compact "
+        "otherwise; compiled: the decode step compiled ahead of time, loaded in the first warm-up step; "
+        "--plain: hf)",
     )
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--profile-memory", action="store_true", help=argparse.SUPPRESS)
