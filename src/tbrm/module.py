@@ -1,6 +1,6 @@
 """The LightningModule: one ``training_step`` is one RL iteration, for every algorithm.
 
-prompts -> rollouts (``rollout.engine``: the compact decode loop or HF generate, no grad; or
+prompts -> rollouts (``rollout.engine``: our decode loop, compiled or eager, or HF generate; no grad; or
 stored trajectories from a file, or a share drawn from a replay buffer) -> rewards -> what the
 objective needs (reference log-probs, critic values; no grad) -> ``objective.prepare``
 (advantages, returns) -> for each of ``objective.epochs`` passes and
