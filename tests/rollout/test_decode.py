@@ -320,3 +320,26 @@ def test_unknown_engine_is_refused(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     with pytest.raises(ValueError, match="rollout.engine='vllm' is not one of"):
         generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, engine="vllm")
+
+
+def test_processes_compiling_the_same_step_take_turns(tmp_path):
+    """The compilation lock (``_exclusive``) admits one process at a time: what two processes
+    write inside it never interleaves."""
+    import subprocess
+    import sys
+
+    record = tmp_path / "record.txt"
+    code = (
+        "import os, time, pathlib\n"
+        "from tbrm.rollout.lean_step import _exclusive\n"
+        f"with _exclusive(pathlib.Path({str(tmp_path / 'step.lock')!r})):\n"
+        f"    with open({str(record)!r}, 'a') as f: f.write(f'in {{os.getpid()}}\\n')\n"
+        "    time.sleep(0.5)\n"
+        f"    with open({str(record)!r}, 'a') as f: f.write(f'out {{os.getpid()}}\\n')\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+    assert [p.wait() for p in procs] == [0, 0]
+    lines = record.read_text().split()
+    events = list(zip(lines[::2], lines[1::2], strict=True))
+    assert [kind for kind, _ in events] == ["in", "out", "in", "out"]
+    assert events[0][1] == events[1][1] and events[2][1] == events[3][1] != events[0][1]

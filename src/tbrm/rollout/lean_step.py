@@ -32,6 +32,7 @@ through ``forward``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -268,25 +269,18 @@ def compiled_step(spec_json: str):
     return torch._inductor.aoti_load_package(str(path))
 
 
-class _exclusive:
-    """An exclusive lock on ``path`` (``fcntl.flock``) for the ``with`` block; no lock where
-    ``fcntl`` is missing (Windows), where concurrent compilations then just repeat the work."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.file = path, None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:
-            return self
-        self.file = open(self.path, "w")  # noqa: SIM115 (held until __exit__)
-        fcntl.flock(self.file, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()  # releases the lock
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """An exclusive lock on ``path`` (``fcntl.flock``) while the block runs; none where ``fcntl``
+    is missing (Windows), where concurrent compilations then just repeat the work."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "w") as file:  # closing it releases the lock
+        fcntl.flock(file, fcntl.LOCK_EX)
+        yield
 
 
 class LeanStep:
