@@ -16,6 +16,7 @@ Validation generates greedy and sampled completions on held-out prompts.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -96,6 +97,8 @@ class RLModule(L.LightningModule):
         if self.rollout_cfg.get("engine", "compact") not in ENGINES:  # fail before any model runs
             raise ValueError(f"rollout.engine={self.rollout_cfg['engine']!r} is not one of {ENGINES}.")
         self.optim_cfg = dict(optimizer)
+        # the update's forward passes: a prompt shared by rows runs once where that saves more positions
+        self.log_probs = functools.partial(completion_logprobs, share_cost_tokens=split_cost_tokens)
         self.batching = {
             "max_rows": micro_batch_size,
             "max_tokens": micro_batch_tokens,
@@ -224,13 +227,9 @@ class RLModule(L.LightningModule):
         temperature = self.rollout_cfg["temperature"] if objective.temperature_scaled else 1.0
         exp = {"rewards": rewards, "mask": rollout.completion_mask, "behavior_log_probs": rollout.behavior_log_probs}
         t1 = time.perf_counter()
-        share = self.batching["split_cost_tokens"]  # a repeated prompt runs once where that saves more
         if self.ref_model is not None:
             ref_out = self._no_grad_pass(
-                lambda mb: completion_logprobs(self.ref_model, mb, temperature=temperature, share_cost_tokens=share)[
-                    :2
-                ],
-                rollout,
+                lambda mb: self.log_probs(self.ref_model, mb, temperature=temperature)[:2], rollout
             )
             exp["ref_log_probs"], exp["ref_initial_value"] = ref_out
         t_ref = time.perf_counter() - t1
@@ -327,15 +326,8 @@ class RLModule(L.LightningModule):
             mexp["log_probs"], mexp["initial_value"] = mb.stats.log_probs, mb.stats.initial_value
             mexp["entropy"] = mb.stats.entropy
         else:
-            mexp["log_probs"], mexp["initial_value"], mexp["entropy"] = completion_logprobs(
-                self.policy,
-                mb,
-                with_entropy=True,
-                entropy_grad=objective.needs_entropy_grad,
-                temperature=temperature,
-                share_cost_tokens=self.batching[
-                    "split_cost_tokens"
-                ],  # a repeated prompt runs once where that saves more
+            mexp["log_probs"], mexp["initial_value"], mexp["entropy"] = self.log_probs(
+                self.policy, mb, with_entropy=True, entropy_grad=objective.needs_entropy_grad, temperature=temperature
             )
         if self.critic is not None:
             mexp["values"] = completion_values(self.critic, mb)
