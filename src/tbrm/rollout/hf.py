@@ -263,6 +263,8 @@ def shared_prompt_logits(model, batch: RolloutBatch, cost_tokens: float = 256.0)
     is the plain ``DynamicCache``, or recomputes activations (gradient checkpointing drops the
     cache).
     """
+    if (len(batch) - 1) * batch.prompt_ids.shape[1] <= cost_tokens:  # could not pay even if all rows shared one
+        return None
     key = torch.cat((batch.prompt_ids, batch.prompt_mask.to(batch.prompt_ids.dtype)), 1)
     unique, inverse = torch.unique(key, dim=0, return_inverse=True)
     saved = (len(key) - len(unique)) * batch.prompt_ids.shape[1]
