@@ -5,15 +5,20 @@
     python run.py -m seed=0,1,2                      # a Hydra multirun sweep
     python run.py task=sft                           # only build (and cache) the warm start
     python run.py task=eval model.name_or_path=<m>   # per-benchmark table (conf/eval/math.yaml)
+    python run.py ckpt_path=<run>/checkpoints/last.ckpt   # resume that run, in its folder, exactly
 
-Compose the config, instantiate the parts, validate, fit, validate, write summary.json.
+Check the config, compose and instantiate the parts, validate, fit, validate, write summary.json.
+A signal (SIGTERM, SIGINT) stops training at a step boundary with a checkpoint and exits 128 + its
+number (``tbrm.interrupt``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -27,8 +32,12 @@ from omegaconf import DictConfig, OmegaConf
 os.environ.setdefault("WANDB_MODE", "offline")  # no W&B server unless the user says otherwise
 
 from tbrm.eval import BenchmarkEvaluation  # noqa: E402
+from tbrm.interrupt import GUARD, StopOnSignal  # noqa: E402
+from tbrm.io import atomic_dir  # noqa: E402
 from tbrm.models import load_options, resolve_policy  # noqa: E402
 from tbrm.module import RLModule  # noqa: E402
+from tbrm.resume import checkpoint_step, checkpoint_to_resume, kept_csv_rows, run_record  # noqa: E402
+from tbrm.settings import check_config  # noqa: E402
 from tbrm.tasks import eval_settings, evaluate, generate  # noqa: E402
 from tbrm.utils import build_loggers, finish_loggers, write_summary  # noqa: E402
 
@@ -42,7 +51,12 @@ def sweep_group() -> str | None:
 
 
 def train(cfg: DictConfig) -> float | None:
+    GUARD.check()  # an earlier job of this multirun was interrupted: do not start another
+    GUARD.install()
     start = time.time()
+    check_config(OmegaConf.to_container(cfg, resolve=True))  # bad values fail here, before any work
+    out = Path(cfg.paths.output_dir)
+    ckpt = checkpoint_to_resume(cfg.ckpt_path, out) if cfg.task == "train" else None
     L.seed_everything(cfg.seed, workers=True)
     objective = instantiate(cfg.algorithm)  # validates the algorithm's hyper-parameters first
     datamodule = instantiate(cfg.data)
@@ -72,10 +86,22 @@ def train(cfg: DictConfig) -> float | None:
         model_options=load_options(cfg.model),
         replay=instantiate(cfg.replay) if cfg.get("replay") else None,
         track_kl_ref=cfg.track_kl_ref,
+        **cfg.guard,
     )
+    module.started = start
     config = OmegaConf.to_container(cfg, resolve=True)
-    loggers = build_loggers(cfg.logger, tags=[*cfg.tags, objective.name], group=sweep_group(), config=config)
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    step = checkpoint_step(ckpt) if ckpt else 0
+    kept = kept_csv_rows(out / "csv" / "metrics.csv", step) if ckpt else []  # read before the logger clears it
+    loggers = build_loggers(
+        cfg.logger,
+        tags=[*cfg.tags, objective.name],
+        group=sweep_group(),
+        config=config,
+        wandb_id=run_record(out, resuming=ckpt is not None)["wandb_id"],
+        resume=ckpt is not None,
+        csv_rows=kept,
+    )
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()] + [StopOnSignal(out / "checkpoints")]
     benchmark_eval = None
     if cfg.eval.during_training:
         benchmarks, settings, reward_fn = eval_settings(cfg, list(cfg.eval.during_training))
@@ -83,29 +109,32 @@ def train(cfg: DictConfig) -> float | None:
         callbacks.append(benchmark_eval)
     trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
 
-    initial = (trainer.validate(module, datamodule=datamodule, verbose=False) or [{}])[0]  # [] when limit_val_batches=0
-    log.info("before training: %s", initial)
+    if ckpt is None:  # a resumed run has its first validation and step-0 rows from the run it continues
+        module.initial_metrics = (trainer.validate(module, datamodule=datamodule, verbose=False) or [{}])[0]
+        log.info("before training: %s", module.initial_metrics)  # [{}] above when limit_val_batches=0
     skipped = {f"data/skipped_rows/{split}": float(n) for split, n in getattr(datamodule.task, "skipped", {}).items()}
     if hasattr(datamodule, "trajectories"):  # data=trajectories: its rows are read at the first step
         datamodule.trajectories()
         skipped["data/skipped_rows/trajectories"] = float(datamodule.skipped)
-    for logger in loggers:
+    for logger in loggers if ckpt is None else []:
         logger.log_metrics(skipped, step=0)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if ckpt is not None:
+        log.info("resuming from %s (step %d) in %s", ckpt, step, out)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     if module.last_val_step != trainer.global_step:  # the last step had no validation yet
         trainer.validate(module, datamodule=datamodule, verbose=False)
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     log.info("after training: %s", final)
 
-    out = Path(cfg.paths.output_dir)
-    module.policy.save_pretrained(out / "policy")  # loadable as model.name_or_path=<out>/policy
-    module.tokenizer.save_pretrained(out / "policy")
+    with atomic_dir(out / "policy") as policy:  # loadable as model.name_or_path=<out>/policy
+        module.policy.save_pretrained(policy)
+        module.tokenizer.save_pretrained(policy)
     summary = write_summary(
         out / "summary.json",
-        initial=initial,
+        initial=module.initial_metrics,
         final=final,
         steps=trainer.global_step,
-        wall_time_s=time.time() - start,
+        wall_time_s=module.wall_time_s,
         algorithm=objective.name,
         seed=cfg.seed,
         policy_path=policy_path,
@@ -117,10 +146,37 @@ def train(cfg: DictConfig) -> float | None:
     return final.get(cfg.optimized_metric)
 
 
+_FAILURE: list[BaseException] = []  # the error a job ended with, said again last
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    try:
+        return train(cfg)
+    except BaseException as err:
+        _FAILURE[:] = [err]
+        raise
+
+
+def say_failure(err: BaseException) -> None:
+    """Finish and close the W&B run first (its last records reach the file; on a full disk or a
+    signal wandb prints pages of socket errors as it shuts down), then print the error that ended
+    the run as the last line."""
+    with contextlib.suppress(Exception):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)
+        wandb.teardown()
+    print(f"run.py: the run ended with {type(err).__name__}: {err}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as done:  # Hydra exits 1 on any failure; a signal's run exits 128 + its number
+        if done.code not in (0, None) and _FAILURE:
+            say_failure(_FAILURE[0])
+        if GUARD.received is not None and done.code not in (0, None):
+            sys.exit(128 + GUARD.received)
+        raise

@@ -31,12 +31,20 @@ SMOKE = [
 ]
 
 
+def run_env(**extra: str) -> dict:
+    """The environment of a run.py process a test starts: W&B offline, and no wandb service of the
+    test process's own (``WANDB_SERVICE``): a run killed in a shared service keeps its id busy."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **extra}
+
+
 def run_py(
-    repo_root: Path, tmp: Path, *overrides: str, check: bool = True, tiny: list[str] = TINY
+    repo_root: Path, tmp: Path, *overrides: str, check: bool = True, tiny: list[str] = TINY, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run the real run.py with logs and caches under ``tmp`` and the ``tiny`` budget; flags
-    (``-m``) go first. Raises with the output's tail when ``check`` and it fails."""
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    (``-m``) go first; ``env`` adds environment variables. Raises with the output's tail when
+    ``check`` and it fails."""
+    env = run_env(**(env or {}))
     flags = [o for o in overrides if o.startswith("-")]
     overrides = [o for o in overrides if not o.startswith("-")]
     paths = [f"paths.log_dir={tmp}/logs", f"paths.cache_dir={tmp}/cache"]
@@ -45,6 +53,33 @@ def run_py(
     if check and proc.returncode != 0:
         raise AssertionError(f"run.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def hub_cache(cache: Path, repo_id: str, files: dict[str, Path], repo_type: str = "model") -> Path:
+    """Put ``files`` ({path in the repo: local file}) into a Hugging Face hub cache folder as
+    ``hf download`` lays it out: ``<cache>/<type>s--<org>--<name>/{blobs,snapshots/<commit>,refs/main}``,
+    each snapshot file a link to its blob. With ``HF_HUB_CACHE=<cache>`` (and ``HF_HUB_OFFLINE=1``),
+    ``from_pretrained("<org>/<name>")`` resolves the name to it exactly as it would after a download."""
+    import hashlib
+
+    root = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    for rel, src in files.items():
+        data = Path(src).read_bytes()
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = root / "snapshots" / commit / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    return root
+
+
+def hub_model(cache: Path, repo_id: str, saved: Path) -> Path:
+    """A ``save_pretrained`` folder cached under the hub name ``repo_id``."""
+    return hub_cache(cache, repo_id, {p.name: p for p in Path(saved).iterdir() if p.is_file()})
 
 
 @pytest.fixture(scope="session")
@@ -113,6 +148,8 @@ def _offline_wandb(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    # a wandb service an earlier in-process test started is not for the run.py processes a test starts
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
 
 
 @pytest.fixture(scope="session")

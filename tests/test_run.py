@@ -71,17 +71,20 @@ def test_wandb_offline_run_written_by_wandb(first_run):
     assert {"val/accuracy_sampled", "train/loss", "tbrm/residual_abs_mean"} <= set(wb["summary"])
 
 
-def test_second_run_reuses_warm_start_and_resumes_from_checkpoint(first_run, repo_root):
+def test_second_run_reuses_warm_start_and_resumes_from_checkpoint(first_run, repo_root, tmp_path):
+    """Training a finished run further: the resumed run continues in the run's own folder and CSV."""
+    import shutil
+
     tmp, out = first_run
-    last = out / "checkpoints/last.ckpt"
-    assert last.exists()
-    proc = run(repo_root, tmp, "seed=3", "algorithm.beta=0.2", "trainer.max_steps=6", f"ckpt_path={last}")
+    copy = shutil.copytree(out, tmp_path / "run")  # the other tests read the first run as it is
+    runs = sorted((tmp / "logs/train/runs").iterdir())
+    proc = run(repo_root, tmp, "seed=3", "algorithm.beta=0.2", "trainer.max_steps=6", f"ckpt_path={copy}")
     assert "warm start (SFT)" not in proc.stderr  # cached: no second SFT
-    resumed = max((tmp / "logs/train/runs").iterdir())
-    summary = json.loads((resumed / "summary.json").read_text())
+    assert sorted((tmp / "logs/train/runs").iterdir()) == runs  # no new run folder
+    summary = json.loads((copy / "summary.json").read_text())
     assert summary["steps"] == 6
-    rows = list(csv.DictReader((resumed / "csv/metrics.csv").open()))
-    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [4, 5]
+    rows = list(csv.DictReader((copy / "csv/metrics.csv").open()))
+    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [0, 1, 2, 3, 4, 5]
 
 
 def test_task_sft_only_builds_the_warm_start(first_run, repo_root):

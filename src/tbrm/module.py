@@ -24,10 +24,12 @@ import lightning as L
 import torch
 
 from tbrm.data.trajectories import records_from_rollout, to_rollout_batch
+from tbrm.guards import drop_nonfinite_update
 from tbrm.models.critic import ValueModel
 from tbrm.models.loading import load_model_and_tokenizer
 from tbrm.objectives.common import aggregation_weight, masked_mean, sequence_kl
-from tbrm.rewards.scoring import score
+from tbrm.resume import load_module_state, save_module_state
+from tbrm.rewards.scoring import score_counted
 from tbrm.rollout.batching import plan_micro_batches
 from tbrm.rollout.hf import ENGINES, RolloutBatch, completion_logprobs, completion_values, generate_rollouts
 from tbrm.utils import peak_mem_gb, warmup_cosine
@@ -64,6 +66,9 @@ class RLModule(L.LightningModule):
             step's prompts from past rollouts (None: every completion is fresh).
         track_kl_ref: load the reference even when the objective does not need one (beta = 0),
             so that ``train/kl_ref`` is logged (the KL ablation compares it across beta).
+        invalid_reward, nonfinite: ``guard.*`` (``tbrm.rewards.scoring``, ``tbrm.guards``).
+
+    Checkpoints carry what an exact resume needs besides Lightning's own state (``tbrm.resume``).
 
     Batches of stored trajectories (``data=trajectories``: a ``records`` key) are trained on as
     they are, with their stored rewards: no generation.
@@ -83,6 +88,8 @@ class RLModule(L.LightningModule):
         model_options: dict | None = None,
         replay=None,
         track_kl_ref: bool = False,
+        invalid_reward: str = "stop",
+        nonfinite: str = "stop",
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -113,6 +120,12 @@ class RLModule(L.LightningModule):
         self.tokens_seen = 0
         self.train_time_s = 0.0
         self.last_val_step = -1
+        self.invalid_reward, self.nonfinite = invalid_reward, nonfinite
+        self.invalid_rewards = 0  # rewards scored 0 under invalid_reward=zero
+        self.nonfinite_skipped = 0  # updates dropped under nonfinite=skip
+        self.initial_metrics: dict = {}  # validation before training (run.py), kept across a resume
+        self.wall_time_before = 0.0  # wall time of the run before the checkpoint it resumed from
+        self.started = time.time()
         # PPO's critic: a trained submodule with its own optimizer, checkpointed with the policy.
         self.critic = ValueModel.from_pretrained(policy_path, **options).train() if objective.needs_critic else None
         ref = None
@@ -128,8 +141,10 @@ class RLModule(L.LightningModule):
             self.ref_model.to(self.device)
 
     def score(self, rollout: RolloutBatch) -> torch.Tensor:
-        """Rewards of a rollout batch as a (batch,) float tensor, with a clear error on failure."""
-        return torch.tensor(score(self.reward_fn, rollout.completions, rollout.answers), device=self.device)
+        """Rewards of a rollout batch as a (batch,) float tensor, checked (``invalid_reward``)."""
+        rewards, bad = score_counted(self.reward_fn, rollout.completions, rollout.answers, invalid=self.invalid_reward)
+        self.invalid_rewards += bad
+        return torch.tensor(rewards, device=self.device)
 
     def _micro_batches(self, rollout: RolloutBatch, rows: list[int]) -> list[list[int]]:
         """``rows`` of the rollout in micro-batches of similar length (``tbrm.rollout.batching``)."""
@@ -274,10 +289,13 @@ class RLModule(L.LightningModule):
                         for p in group:
                             p.grad = torch.zeros_like(p) if p.grad is None else p.grad
                 done += 1
-                for i, (opt, group) in enumerate(zip(opts, params, strict=True)):
-                    norm = torch.nn.utils.clip_grad_norm_(group, clip)
+                norms = [torch.nn.utils.clip_grad_norm_(group, clip) for group in params]
+                self.nonfinite_skipped += drop_nonfinite_update(
+                    sums.get("train/loss", 0.0), norms, params, mode=self.nonfinite, step=self.global_step
+                )
+                for i, (opt, norm) in enumerate(zip(opts, norms, strict=True)):
                     key = "train/grad_norm" if i == 0 else "train/critic_grad_norm"
-                    sums[key] = sums.get(key, 0.0) + float(norm) / updates
+                    sums[key] = sums.get(key, 0.0) + (float(norm) if norm.isfinite() else 0.0) / updates
                     # Only the policy's last step of the iteration goes through Lightning, so that
                     # trainer.global_step counts RL iterations, not optimizer steps.
                     (opt if i == 0 and done == updates else opt.optimizer).step()
@@ -298,6 +316,8 @@ class RLModule(L.LightningModule):
                 "train/lr": self._schedulers()[0].get_last_lr()[0],
                 "train/completions": float(self.completions_seen),
                 "train/generated": float(self.generated),
+                "train/invalid_rewards": float(self.invalid_rewards),
+                "train/nonfinite_skipped": float(self.nonfinite_skipped),
                 "train/tokens": float(self.tokens_seen),
                 "perf/rollout_s": t_rollout,
                 "perf/ref_s": t_ref,
@@ -387,17 +407,14 @@ class RLModule(L.LightningModule):
 
     # --------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["completions_seen"] = self.completions_seen
-        checkpoint["generated"] = self.generated
-        if self.replay is not None:
-            checkpoint["replay"] = self.replay.state_dict()
-        checkpoint["tokens_seen"] = self.tokens_seen
-        checkpoint["train_time_s"] = self.train_time_s
+        for logger in self.trainer.loggers:  # what was logged up to here is on disk with the checkpoint
+            logger.save()
+        save_module_state(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.completions_seen = checkpoint.get("completions_seen", 0)
-        self.generated = checkpoint.get("generated", 0)
-        if self.replay is not None and "replay" in checkpoint:
-            self.replay.load_state_dict(checkpoint["replay"])
-        self.tokens_seen = checkpoint.get("tokens_seen", 0)
-        self.train_time_s = checkpoint.get("train_time_s", 0.0)
+        load_module_state(self, checkpoint)
+
+    @property
+    def wall_time_s(self) -> float:
+        """Wall time of the whole run: before the checkpoint it resumed from, and in this process."""
+        return self.wall_time_before + time.time() - self.started

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from tbrm.eval import evaluate_benchmarks, flatten, format_table, with_local_files
+from tbrm.io import write_json, write_text
 from tbrm.models import load_options
 from tbrm.models.loading import load_model_and_tokenizer
 from tbrm.utils import build_loggers, finish_loggers, resolve_device
@@ -50,8 +50,8 @@ def evaluate(cfg: DictConfig, policy_path: str, group: str | None = None) -> flo
     table = format_table(results)
     print(table)
     out = Path(cfg.paths.output_dir)
-    (out / "eval.md").write_text(table + "\n")
-    (out / "eval.json").write_text(json.dumps({"policy": policy_path, "results": results}, indent=2))
+    write_text(out / "eval.md", table + "\n")
+    write_json(out / "eval.json", {"policy": policy_path, "results": results})
     loggers = build_loggers(
         cfg.logger, tags=[*cfg.tags, "eval"], group=group, config=OmegaConf.to_container(cfg, resolve=True)
     )

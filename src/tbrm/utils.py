@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import resource
 import sys
@@ -10,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from tbrm.io import write_json
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
@@ -53,22 +54,44 @@ def write_summary(path: str | Path, *, initial: dict, final: dict, steps: int, w
         "peak_mem_gb": peak_mem_gb("cuda" if torch.cuda.is_available() else "cpu"),
         **extra,
     }
-    Path(path).write_text(json.dumps(summary, indent=2))
+    write_json(path, summary)
     return summary
 
 
-def build_loggers(logger_cfg, *, tags: list[str], group: str | None, config: dict) -> list:
+def build_loggers(
+    logger_cfg,
+    *,
+    tags: list[str],
+    group: str | None,
+    config: dict,
+    wandb_id: str | None = None,
+    resume: bool = False,
+    csv_rows: list[dict] | None = None,
+) -> list:
     """Instantiate the configured Lightning loggers and give each the full resolved config.
 
-    W&B runs get the algorithm (and any user tags) as tags and the sweep as their group.
+    W&B runs get the algorithm (and any user tags) as tags, the sweep as their group and
+    ``wandb_id`` as their id (``resume``: continue that run, ``resume="allow"``). A CSV logger starts
+    its file anew; ``csv_rows`` (a resumed run's rows from before its checkpoint) are written first.
+    An offline W&B run gets them too: wandb keeps the newest 32 KiB of an offline run in memory, so
+    a killed process loses them, and the resumed part is made whole from the CSV
+    (``tbrm.wandb_offline.read_offline_runs`` reads the parts as one run).
     """
     from hydra.utils import instantiate
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
     loggers = []
     for cfg in (logger_cfg or {}).values():
-        extra = {"tags": tags, "group": group} if "wandb" in str(cfg.get("_target_", "")).lower() else {}
+        extra = {}
+        if "wandb" in str(cfg.get("_target_", "")).lower():
+            extra = {"tags": tags, "group": group, "id": wandb_id, **({"resume": "allow"} if resume else {})}
         logger = instantiate(cfg, **extra)
         logger.log_hyperparams(config)
+        offline_wandb = isinstance(logger, WandbLogger) and logger.experiment.settings.mode == "offline"
+        if csv_rows and (isinstance(logger, CSVLogger) or offline_wandb):
+            for row in csv_rows:
+                logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+            logger.save()
         loggers.append(logger)
     return loggers
 

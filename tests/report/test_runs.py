@@ -55,3 +55,30 @@ def test_load_sweep_names_the_folder_it_needs(tmp_path):
         load_sweep(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="no Hydra jobs"):
         load_sweep(tmp_path)
+
+
+def test_a_cut_short_file_is_named_and_the_other_jobs_are_read(failed_sweep, tmp_path):
+    """What a crash or a full disk left behind (a truncated summary.json, an empty status.json) makes
+    that one job failed with the file named; the report is still built over every job."""
+    from tbrm.report.build import make_report
+
+    sweep, _ = failed_sweep
+    copy = shutil.copytree(sweep, tmp_path / "sweep")
+    (copy / "0" / "summary.json").write_text('{"initial": {"val/acc')
+    (copy / "1" / "status.json").write_text("")
+    first, second = load_sweep(copy)
+    assert first.status == FAILED and f"cannot read {copy / '0' / 'summary.json'}" in first.error
+    assert "cut short by a crash or a full disk" in first.error
+    assert second.status == FAILED and f"cannot read {copy / '1' / 'status.json'}" in second.error
+    report = make_report(copy, tmp_path / "report", figures=False)
+    assert "2 jobs, 0 completed, 2 failed" in report.markdown and "cannot read" in report.markdown
+
+
+def test_an_interrupted_job_is_listed_with_its_signal(failed_sweep, tmp_path):
+    sweep, _ = failed_sweep
+    copy = shutil.copytree(sweep / "0", tmp_path / "0")
+    (copy / "summary.json").unlink()
+    record = {"status": "interrupted", "signal": "SIGTERM", "error": "Interrupted: SIGTERM received at step 3"}
+    (copy / "status.json").write_text(json.dumps(record))
+    job = read_job(copy)
+    assert job.status == "interrupted" and "SIGTERM received at step 3" in job.error

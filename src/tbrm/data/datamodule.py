@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from tbrm.data.loader import ResumableDataLoader
 from tbrm.data.trajectories import BadTrajectoryError, load_trajectories
 
 log = logging.getLogger(__name__)
@@ -45,15 +46,20 @@ class PromptDataModule(L.LightningDataModule):
         records = self.task.splits()[split]
         if not records:
             raise ValueError(f"the task's {split!r} split is empty; check the data config.")
-        generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63) if shuffle else None
-        return DataLoader(
+        if shuffle:
+            return self._shuffled(records, batch_size, collate_prompts)
+        return DataLoader(records, batch_size=batch_size, collate_fn=collate_prompts, num_workers=self.num_workers)
+
+    def _shuffled(self, records: list, batch_size: int, collate_fn) -> ResumableDataLoader:
+        """Training batches in a new order each epoch, from the run's seed; resumable, so a resumed
+        run sees the batches the uninterrupted one would."""
+        return ResumableDataLoader(
             records,
             batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(records) >= batch_size,
-            collate_fn=collate_prompts,
+            drop_last=len(records) >= batch_size,
+            collate_fn=collate_fn,
             num_workers=self.num_workers,
-            generator=generator,
+            generator=torch.Generator().manual_seed(torch.initial_seed() % 2**63),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -141,15 +147,4 @@ class TrajectoryDataModule(PromptDataModule):
         return self._units
 
     def train_dataloader(self):
-        units = self.trajectories()
-        per_batch = self.batch_size // self.group_size
-        generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
-        return DataLoader(
-            units,
-            batch_size=per_batch,
-            shuffle=True,
-            drop_last=len(units) >= per_batch,
-            collate_fn=collate_trajectories,
-            num_workers=self.num_workers,
-            generator=generator,
-        )
+        return self._shuffled(self.trajectories(), self.batch_size // self.group_size, collate_trajectories)

@@ -46,6 +46,30 @@ def render_prompt(question: str, template: str = "plain", tokenizer=None) -> str
     return (DEFAULT_TEMPLATE if template == "plain" else template).replace("{question}", question)
 
 
+def load_hub_dataset(name: str, subset: str | None, split: str, key: str = "data"):
+    """``datasets.load_dataset(name, subset, split=split)``, offline too.
+
+    With ``HF_HUB_OFFLINE=1``, ``datasets`` finds only sets it prepared itself in an earlier online
+    run (its own cache, ``HF_DATASETS_CACHE``); a set downloaded into the Hugging Face hub cache
+    (``hf download --repo-type dataset <name>``) is then read from that snapshot folder instead.
+    """
+    import datasets
+    import huggingface_hub
+
+    try:
+        return datasets.load_dataset(name, subset, split=split)
+    except ConnectionError as err:  # offline, or the hub unreachable: try the hub cache's snapshot
+        try:
+            local = huggingface_hub.snapshot_download(name, repo_type="dataset", local_files_only=True)
+        except Exception:
+            raise ConnectionError(
+                f"{key}: data set {name!r} is neither in the datasets cache nor in the Hugging Face hub cache "
+                f"({huggingface_hub.constants.HF_HUB_CACHE}), and the hub cannot be reached ({err}). Download it "
+                f"where there is network (`hf download --repo-type dataset {name}`), or give a local file with `path`."
+            ) from err
+        return datasets.load_dataset(local, subset, split=split)
+
+
 class BadRowError(ValueError):
     """A data row without a usable question or answer."""
 
@@ -162,7 +186,7 @@ class MathSource:
                 raise ValueError(f"{path}: unknown file type {path.suffix!r}; use one of {sorted(FILE_BUILDERS)}.")
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
         else:
-            dataset = datasets.load_dataset(self.name, self.subset, split=self.split)
+            dataset = load_hub_dataset(self.name, self.subset, self.split)
         if self.limit is not None:
             dataset = dataset.select(range(min(self.limit, len(dataset))))
         return dataset.to_list()
@@ -243,9 +267,9 @@ class MathTask:
         if self._splits is None:
             tokenizer = None
             if self.template == "qwen_math" and self.tokenizer:
-                from transformers import AutoTokenizer
+                from tbrm.models.loading import load_tokenizer
 
-                tokenizer = AutoTokenizer.from_pretrained(self.tokenizer)
+                tokenizer = load_tokenizer(self.tokenizer, key="data.task.tokenizer")
             self._splits = {}
             for name in ("train", "validation", "test"):
                 source = getattr(self, name)

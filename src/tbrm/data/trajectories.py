@@ -177,7 +177,9 @@ def load_trajectories(
             table = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
             rows = [(f"{path}, row {i}", row) for i, row in enumerate(table.to_list())]
     elif name:
-        table = datasets.load_dataset(name, subset, split=split)
+        from tbrm.data.hub import load_hub_dataset
+
+        table = load_hub_dataset(name, subset, split, key="data.name")
         rows = [(f"{name} ({subset or 'default'}, {split}), row {i}", row) for i, row in enumerate(table.to_list())]
     else:
         raise ValueError("trajectories need data.path (a file or folder) or data.name (a hub dataset).")

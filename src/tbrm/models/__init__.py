@@ -29,6 +29,12 @@ def resolve_policy(model_cfg: DictConfig, task, task_cfg: DictConfig, cache_dir:
     of the tiny default (built now, with a progress bar, when the cache has none)."""
     if model_cfg.get("name_or_path"):
         return str(model_cfg.name_or_path)
+    if not hasattr(task, "alphabet"):  # the tiny model's character tokenizer is built from the task's alphabet
+        raise ValueError(
+            f"data={type(task).__name__} needs a real model, but model.name_or_path is null, which builds the "
+            "embedded tiny model with a character tokenizer for data=arithmetic only. Set model.name_or_path="
+            "<hub name or directory> (or model=qwen2_5_math_1_5b), or use data=arithmetic."
+        )
     from tbrm.models.warm_start import prepare_warm_start
 
     plain = OmegaConf.to_container(task_cfg, resolve=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
+from tbrm.io import write_json
 from tbrm.report.build import make_report
 
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"W&B report: {wr_report.url}")
         else:
             spec = out / "wandb_report.json"
-            spec.write_text(json.dumps(report_spec(wr_report), indent=2))
+            write_json(spec, report_spec(wr_report))
             print(f"W&B is offline (WANDB_MODE={os.environ['WANDB_MODE']}): report not saved; its spec: {spec}")
     return 0
 

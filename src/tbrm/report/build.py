@@ -11,13 +11,13 @@ Failed and interrupted jobs are listed with their errors, never dropped.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from tbrm.io import atomic_path, write_json, write_text
 from tbrm.report.analysis import FINAL_METRICS, Arm, arm_table, at_equal, group_arms
 from tbrm.report.runs import COMPLETED, Job, json_safe, load_sweep
 
@@ -87,11 +87,12 @@ def _best(frame: pd.DataFrame) -> str:
 
 def render_markdown(report: SweepReport, command: str) -> str:
     jobs = report.jobs
-    counts = {s: sum(j.status == s for j in jobs) for s in ("completed", "failed", "incomplete")}
+    counts = {s: sum(j.status == s for j in jobs) for s in ("completed", "failed", "incomplete", "interrupted")}
+    interrupted = f", {counts['interrupted']} interrupted" if counts["interrupted"] else ""
     parts = [
         f"# Sweep report: {report.sweep_dir.name}",
         f"`{report.sweep_dir}`: {len(jobs)} jobs, {counts['completed']} completed, {counts['failed']} failed, "
-        f"{counts['incomplete']} incomplete. Values are means over seeds with 95% Student-t intervals "
+        f"{counts['incomplete']} incomplete{interrupted}. Values are means over seeds with 95% Student-t intervals "
         f"(mean ± t·sd/√k over k seeds). Reproduce: `{command}`",
     ]
     if report.failed:
@@ -153,10 +154,11 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, fig
             fig = draw(arms)
             if fig is not None:
                 report.figures[name] = out / f"{name}.png"
-                fig.savefig(report.figures[name], dpi=120)
+                with atomic_path(report.figures[name]) as tmp:
+                    fig.savefig(tmp, dpi=120, format="png")
                 plt.close(fig)
     report.markdown = render_markdown(report, f"python -m tbrm.report {sweep_dir}")
-    (out / "report.md").write_text(report.markdown)
+    write_text(out / "report.md", report.markdown)
     record = {
         "sweep_dir": str(sweep_dir),
         "jobs": [
@@ -168,5 +170,5 @@ def make_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, fig
         "equal_time": {"x": report.equal_time[0], "arms": report.equal_time[1].to_dict(orient="records")},
         "figures": {k: str(v) for k, v in report.figures.items()},
     }
-    (out / "report.json").write_text(json.dumps(json_safe(record), indent=2))
+    write_json(out / "report.json", json_safe(record))
     return report

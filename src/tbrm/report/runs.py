@@ -3,19 +3,21 @@
 Each job folder (``<sweep>/<job number>/``) holds what ``run.py`` and Hydra wrote:
 
 - ``.hydra/overrides.yaml``: the job's overrides (the sweep's parameters among them);
-- ``status.json``: ``completed`` or ``failed`` with the error, written by ``JobStatusCallback``
-  (a Hydra callback in ``conf/hydra/default.yaml``) when the job ends;
+- ``status.json``: ``completed``, ``failed`` with the error, or ``interrupted`` with the signal
+  and the checkpoint to resume from, written by ``JobStatusCallback`` (a Hydra callback in
+  ``conf/hydra/default.yaml``) when the job ends;
 - ``csv/hparams.yaml`` and ``csv/metrics.csv``: the resolved config and every logged metric;
 - ``wandb/offline-run-*``: the same metrics in the W&B offline run (read when the CSV is missing);
 - ``summary.json``: validation before and after training, steps, wall time, peak memory.
 
-A job without ``status.json`` was interrupted (or is still running); a job that failed is kept,
-with its error, so that a report names it instead of dropping it.
+A job without ``status.json`` was killed (or is still running); a job that failed is kept, with
+its error, so that a report names it instead of dropping it. A file that cannot be read (cut short
+by a crash or a full disk) is named in the job's error, and the other jobs are read as usual.
 """
 
 from __future__ import annotations
 
-import json
+import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,10 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 
-COMPLETED, FAILED, INCOMPLETE = "completed", "failed", "incomplete"
+from tbrm.interrupt import Interrupted
+from tbrm.io import read_json, write_json
+
+COMPLETED, FAILED, INCOMPLETE, INTERRUPTED = "completed", "failed", "incomplete", "interrupted"
 
 
 class JobStatusCallback(Callback):
@@ -45,9 +50,15 @@ class JobStatusCallback(Callback):
                 error=f"{type(error).__name__}: {error}",
                 traceback="".join(traceback.format_exception(error)),
             )
+            if isinstance(error, Interrupted):
+                record.update(status=INTERRUPTED, signal=error.signal, step=error.step, checkpoint=error.checkpoint)
         elif job_return.status != JobStatus.COMPLETED:
             record["status"] = INCOMPLETE
-        (out / "status.json").write_text(json.dumps(record, indent=2))
+        try:
+            write_json(out / "status.json", record)
+        except OSError as err:  # a full disk: say so and what happened, where it is not buried
+            ended = record.get("error", record["status"])
+            print(f"could not write {out / 'status.json'} ({err}); the job ended: {ended}", file=sys.stderr)
 
 
 @dataclass
@@ -100,13 +111,11 @@ def _read_yaml(path: Path) -> Any:
 
 
 def offline_run(job_dir: Path) -> dict | None:
-    """The job's newest W&B offline run, read (``tbrm.wandb_offline.read_offline_run``), or None."""
-    runs = sorted((Path(job_dir) / "wandb").glob("offline-run-*"))
-    if not runs:
-        return None
-    from tbrm.wandb_offline import read_offline_run
+    """The job's W&B offline run (every part of a resumed one), read
+    (``tbrm.wandb_offline.read_offline_runs``), or None."""
+    from tbrm.wandb_offline import read_offline_runs
 
-    return read_offline_run(runs[-1])
+    return read_offline_runs(job_dir)
 
 
 def read_metrics(job_dir: Path, wandb_run: dict | None = None) -> pd.DataFrame:
@@ -136,17 +145,32 @@ def _resolved_config(job_dir: Path, wandb_run: dict | None) -> dict:
     return _read_yaml(job_dir / ".hydra" / "config.yaml") or {}
 
 
+def _read_or_note(path: Path, read, errors: list[str], default):
+    """``read(path)`` when the file exists; a file that cannot be read adds its name and the
+    reason to ``errors`` (the job is then reported as failed) and gives ``default``."""
+    if not path.exists():
+        return default
+    try:
+        return read(path)
+    except Exception as err:  # a truncated or foreign file: name it, read the other jobs
+        errors.append(f"cannot read {path}: {err}")
+        return default
+
+
 def read_job(job_dir: str | Path) -> Job:
     """Read one job folder (a folder with ``.hydra/``)."""
     job_dir = Path(job_dir)
+    errors: list[str] = []
     has_csv = (job_dir / "csv" / "hparams.yaml").exists() and (job_dir / "csv" / "metrics.csv").exists()
-    wandb_run = None if has_csv else offline_run(job_dir)  # read once, only when the CSV is missing
-    status_record = json.loads((job_dir / "status.json").read_text()) if (job_dir / "status.json").exists() else {}
-    summary_path = job_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    wandb_run = None if has_csv else _read_or_note(job_dir / "wandb", lambda _: offline_run(job_dir), errors, None)
+    status_record = _read_or_note(job_dir / "status.json", read_json, errors, {})
+    summary = _read_or_note(job_dir / "summary.json", read_json, errors, {})
+    metrics = _read_or_note(job_dir, lambda d: read_metrics(d, wandb_run), errors, pd.DataFrame())
     status = status_record.get("status") or (COMPLETED if summary else INCOMPLETE)
     if status == COMPLETED and not summary and (job_dir / "csv").exists():
         status = INCOMPLETE  # a training job that ended without writing its summary
+    if errors:
+        status = FAILED
     try:
         number = int(job_dir.name)
     except ValueError:
@@ -158,8 +182,11 @@ def read_job(job_dir: str | Path) -> Job:
         overrides=list(_read_yaml(job_dir / ".hydra" / "overrides.yaml") or []),
         config=_resolved_config(job_dir, wandb_run),
         summary=summary,
-        metrics=read_metrics(job_dir, wandb_run),
-        error=status_record.get("error", "" if status != INCOMPLETE else "no status.json: interrupted or running"),
+        metrics=metrics,
+        error="; ".join(errors)
+        or status_record.get(
+            "error", "" if status != INCOMPLETE else "no status.json: killed, interrupted or still running"
+        ),  # fmt: skip
     )
 
 

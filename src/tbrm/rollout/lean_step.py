@@ -256,8 +256,8 @@ def compiled_step(spec_json: str):
                          "architecture; about 30 s on 2 CPU cores)", path)  # fmt: skip
                 partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")
                 done = subprocess.run(
-                    [sys.executable, "-m", "tbrm.rollout.lean_step", str(partial)], input=spec_json, text=True,
-                    capture_output=True,
+                    [sys.executable, "-m", "tbrm.rollout.lean_step", str(partial), str(os.getpid())],
+                    input=spec_json, text=True, capture_output=True,
                 )  # fmt: skip
                 if done.returncode != 0:
                     _FAILED[key] = (
@@ -400,5 +400,20 @@ class LeanStep:
         return {"params": params, "device": self.params["head"].device.type, **options}
 
 
-if __name__ == "__main__":  # python -m tbrm.rollout.lean_step PACKAGE < spec.json (see compiled_step)
+def die_with_parent(parent_pid: int) -> None:
+    """End this process when ``parent_pid`` does: a compiler child must not outlive a killed run.
+    Linux delivers SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``); a parent already
+    gone (it died while this child imported torch) ends the child now."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+if __name__ == "__main__":  # python -m tbrm.rollout.lean_step PACKAGE PARENT_PID < spec.json (see compiled_step)
+    if len(sys.argv) > 2:
+        die_with_parent(int(sys.argv[2]))
     build_package(json.loads(sys.stdin.read()), sys.argv[1])

@@ -1,0 +1,85 @@
+"""Bad sampling, optimizer, trainer and guard settings fail when the config is checked, before any
+model is loaded or warm-started, naming the key and the valid range."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import ROOT, TINY, run_py
+from test_configs import compose_cfg
+
+from tbrm.settings import check_config
+
+
+def checked(tmp_path, *overrides):
+    from omegaconf import OmegaConf
+
+    check_config(OmegaConf.to_container(compose_cfg(tmp_path, overrides), resolve=True))
+
+
+def test_every_shipped_config_passes(tmp_path):
+    checked(tmp_path)
+    checked(tmp_path, "experiment=smoke")
+    checked(tmp_path, "experiment=paper/tbrm_n1")
+    checked(tmp_path, "algorithm=grpo")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("rollout.temperature=-1", r"rollout.temperature must be a number > 0 \(got -1\)"),
+        ("rollout.temperature=0", r"rollout.temperature must be a number > 0 \(got 0\)"),
+        ("rollout.top_p=0", r"rollout.top_p must be a number in \(0, 1\] \(got 0\)"),
+        ("rollout.top_p=2", r"rollout.top_p must be a number in \(0, 1\] \(got 2\)"),
+        ("rollout.n=0", r"rollout.n must be an integer >= 1 \(got 0\)"),
+        ("rollout.max_new_tokens=0", r"rollout.max_new_tokens must be an integer >= 1 \(got 0\)"),
+        (
+            "+rollout.temprature=0.5",
+            "rollout.temprature is not a setting of rollout/; did you mean rollout.temperature?",
+        ),
+        ("rollout.engine=fast", "rollout.engine must be one of"),
+        ("optimizer.lr=-1", r"optimizer.lr must be a number > 0 \(got -1\)"),
+        ("optimizer.warmup_steps=-3", r"optimizer.warmup_steps must be an integer >= 0 \(got -3\)"),
+        ("optimizer.min_lr_ratio=2", r"optimizer.min_lr_ratio must be a number in \[0, 1\]"),
+        ("optimizer.betas=[0.9,1.5]", r"optimizer.betas must be two numbers in \[0, 1\)"),
+        ("optimizer.grad_clip=0", r"optimizer.grad_clip must be a number > 0"),
+        ("optimizer.micro_batch_size=0", r"optimizer.micro_batch_size must be null or an integer >= 1"),
+        ("+optimizer.lrr=1", "optimizer.lrr is not a setting of optimizer/; did you mean optimizer.lr?"),
+        ("trainer.max_steps=0", r"trainer.max_steps must be an integer >= 1 \(got 0\)"),
+        ("trainer.val_check_interval=0", r"trainer.val_check_interval must be an integer >= 1"),
+        ("guard.nonfinite=ignore", r"guard.nonfinite must be one of \['stop', 'skip'\]"),
+        ("guard.invalid_reward=nan", r"guard.invalid_reward must be one of \['stop', 'zero'\]"),
+    ],
+)
+def test_bad_settings_name_the_key_and_the_range(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        checked(tmp_path, override)
+
+
+def test_eval_and_generate_settings_are_checked_too(tmp_path):
+    with pytest.raises(ValueError, match=r"eval.temperature must be a number > 0"):
+        checked(tmp_path, "task=eval", "eval.temperature=0")
+    with pytest.raises(ValueError, match=r"generate.n must be an integer >= 1"):
+        checked(tmp_path, "task=generate", "generate.n=0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("rollout.temperature=-1", "rollout.temperature must be a number > 0 (got -1)"),
+        ("rollout.top_p=0", "rollout.top_p must be a number in (0, 1] (got 0)"),
+        ("rollout.n=0", "rollout.n must be an integer >= 1 (got 0)"),
+        ("rollout.max_new_tokens=0", "rollout.max_new_tokens must be an integer >= 1 (got 0)"),
+        ("optimizer.lr=-1", "optimizer.lr must be a number > 0 (got -1)"),
+        ("+rollout.temprature=0.5", "did you mean rollout.temperature?"),
+        ("data=gsm8k", "data=MathTask needs a real model, but model.name_or_path is null"),
+    ],
+)
+def test_run_py_fails_within_seconds_before_any_warm_start(tmp_path, override, message):
+    began = time.time()
+    proc = run_py(ROOT, tmp_path, override, check=False, tiny=[] if override.startswith("data=") else TINY)
+    assert proc.returncode == 1 and message in proc.stderr
+    assert "warm start (SFT)" not in proc.stderr and not (tmp_path / "cache" / "warm_start").exists()
+    assert time.time() - began < 60  # interpreter start and imports: about 6 s on 2 cores
