@@ -14,11 +14,9 @@ number (``tbrm.interrupt``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -32,11 +30,11 @@ from omegaconf import DictConfig, OmegaConf
 os.environ.setdefault("WANDB_MODE", "offline")  # no W&B server unless the user says otherwise
 
 from tbrm.eval import BenchmarkEvaluation  # noqa: E402
-from tbrm.interrupt import GUARD, StopOnSignal  # noqa: E402
+from tbrm.interrupt import GUARD, StopOnSignal, remember_failure, run_main  # noqa: E402
 from tbrm.io import atomic_dir  # noqa: E402
 from tbrm.models import load_options, resolve_policy  # noqa: E402
 from tbrm.module import RLModule  # noqa: E402
-from tbrm.resume import checkpoint_step, checkpoint_to_resume, kept_csv_rows, run_record  # noqa: E402
+from tbrm.resume import Resume  # noqa: E402
 from tbrm.settings import check_config  # noqa: E402
 from tbrm.tasks import eval_settings, evaluate, generate  # noqa: E402
 from tbrm.utils import build_loggers, finish_loggers, write_summary  # noqa: E402
@@ -56,7 +54,7 @@ def train(cfg: DictConfig) -> float | None:
     start = time.time()
     check_config(OmegaConf.to_container(cfg, resolve=True))  # bad values fail here, before any work
     out = Path(cfg.paths.output_dir)
-    ckpt = checkpoint_to_resume(cfg.ckpt_path, out) if cfg.task == "train" else None
+    resume = Resume.prepare(cfg.ckpt_path, out) if cfg.task == "train" else None  # a bad ckpt_path fails here
     L.seed_everything(cfg.seed, workers=True)
     objective = instantiate(cfg.algorithm)  # validates the algorithm's hyper-parameters first
     datamodule = instantiate(cfg.data)
@@ -90,17 +88,8 @@ def train(cfg: DictConfig) -> float | None:
     )
     module.started = start
     config = OmegaConf.to_container(cfg, resolve=True)
-    step = checkpoint_step(ckpt) if ckpt else 0
-    kept = kept_csv_rows(out / "csv" / "metrics.csv", step) if ckpt else []  # read before the logger clears it
-    loggers = build_loggers(
-        cfg.logger,
-        tags=[*cfg.tags, objective.name],
-        group=sweep_group(),
-        config=config,
-        wandb_id=run_record(out, resuming=ckpt is not None)["wandb_id"],
-        resume=ckpt is not None,
-        csv_rows=kept,
-    )
+    tags, ckpt = [*cfg.tags, objective.name], resume.checkpoint
+    loggers = build_loggers(cfg.logger, tags=tags, group=sweep_group(), config=config, **resume.logger_options())
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()] + [StopOnSignal(out / "checkpoints")]
     benchmark_eval = None
     if cfg.eval.during_training:
@@ -112,14 +101,11 @@ def train(cfg: DictConfig) -> float | None:
     if ckpt is None:  # a resumed run has its first validation and step-0 rows from the run it continues
         module.initial_metrics = (trainer.validate(module, datamodule=datamodule, verbose=False) or [{}])[0]
         log.info("before training: %s", module.initial_metrics)  # [{}] above when limit_val_batches=0
-    skipped = {f"data/skipped_rows/{split}": float(n) for split, n in getattr(datamodule.task, "skipped", {}).items()}
-    if hasattr(datamodule, "trajectories"):  # data=trajectories: its rows are read at the first step
-        datamodule.trajectories()
-        skipped["data/skipped_rows/trajectories"] = float(datamodule.skipped)
+    skipped = datamodule.skipped_rows()
     for logger in loggers if ckpt is None else []:
-        logger.log_metrics(skipped, step=0)
+        logger.log_metrics({f"data/skipped_rows/{split}": float(n) for split, n in skipped.items()}, step=0)
     if ckpt is not None:
-        log.info("resuming from %s (step %d) in %s", ckpt, step, out)
+        log.info("resuming from %s (step %d) in %s", ckpt, resume.step, out)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     if module.last_val_step != trainer.global_step:  # the last step had no validation yet
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -138,7 +124,7 @@ def train(cfg: DictConfig) -> float | None:
         algorithm=objective.name,
         seed=cfg.seed,
         policy_path=policy_path,
-        skipped_rows={key.rsplit("/", 1)[1]: int(n) for key, n in skipped.items()},
+        skipped_rows=skipped,
         **({"benchmarks": dict(benchmark_eval.history[-1:])} if benchmark_eval and benchmark_eval.history else {}),
     )
     log.info("summary: %s", json.dumps(summary))
@@ -146,37 +132,11 @@ def train(cfg: DictConfig) -> float | None:
     return final.get(cfg.optimized_metric)
 
 
-_FAILURE: list[BaseException] = []  # the error a job ended with, said again last
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@remember_failure
 def main(cfg: DictConfig) -> float | None:
-    try:
-        return train(cfg)
-    except BaseException as err:
-        _FAILURE[:] = [err]
-        raise
-
-
-def say_failure(err: BaseException) -> None:
-    """Finish and close the W&B run first (its last records reach the file; on a full disk or a
-    signal wandb prints pages of socket errors as it shuts down), then print the error that ended
-    the run as the last line."""
-    with contextlib.suppress(Exception):
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=1)
-        wandb.teardown()
-    print(f"run.py: the run ended with {type(err).__name__}: {err}", file=sys.stderr)
+    return train(cfg)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SystemExit as done:  # Hydra exits 1 on any failure; a signal's run exits 128 + its number
-        if done.code not in (0, None) and _FAILURE:
-            say_failure(_FAILURE[0])
-        if GUARD.received is not None and done.code not in (0, None):
-            sys.exit(128 + GUARD.received)
-        raise
+    run_main(main)

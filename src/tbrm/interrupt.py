@@ -11,14 +11,19 @@ SIGTERM, 130 for SIGINT), as a shell reports a job a signal ended. Resume with
 saving) a signal raises at once; a second signal always does.
 
 Lightning's own SIGTERM handling would stop the run with a ``SystemExit`` that exits 0; this
-handler replaces it while the loop runs. Slurm's auto-requeue (``SLURMEnvironment``, SIGUSR1) is
+handler replaces it while the loop runs. :func:`run_main` runs ``run.py``'s Hydra entry point: a
+failed run finishes its W&B run, then prints its error as the last line (after wandb's shutdown
+noise), and a run a signal ended exits 128 + the signal number. Slurm's auto-requeue (``SLURMEnvironment``, SIGUSR1) is
 Lightning's and is left as it is (``docs/reliability.md``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import signal
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -71,6 +76,45 @@ class SignalGuard:
 
 
 GUARD = SignalGuard()
+_FAILURE: list[BaseException] = []  # the error the last job ended with, said again at the end
+
+
+def remember_failure(job):
+    """Decorate a Hydra job function: the error it ends with is kept for :func:`run_main`."""
+
+    @functools.wraps(job)
+    def wrapped(*args, **kwargs):
+        try:
+            return job(*args, **kwargs)
+        except BaseException as err:
+            _FAILURE[:] = [err]
+            raise
+
+    return wrapped
+
+
+def run_main(main) -> None:
+    """``main()`` (a ``@hydra.main`` function). Hydra exits 1 on a failure: then the W&B run is
+    finished and closed (its last records reach the file; wandb prints pages of socket errors as it
+    shuts down on a full disk or a signal), the error is printed as the last line, and a run a
+    signal ended exits 128 + the signal number."""
+    try:
+        main()
+    except SystemExit as done:
+        if done.code in (0, None):
+            raise
+        if _FAILURE:
+            with contextlib.suppress(Exception):
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.finish(exit_code=1)
+                wandb.teardown()
+            err = _FAILURE[0]
+            print(f"run.py: the run ended with {type(err).__name__}: {err}", file=sys.stderr)
+        if GUARD.received is not None:
+            sys.exit(128 + GUARD.received)
+        raise
 
 
 class StopOnSignal(L.Callback):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
-from tbrm.data.trajectories import records_from_rollout, to_rollout_batch
+from tbrm.data.trajectories import check_stored, records_from_rollout, to_rollout_batch
 from tbrm.guards import drop_nonfinite_update
 from tbrm.models.critic import ValueModel
 from tbrm.models.loading import load_model_and_tokenizer
@@ -67,8 +67,6 @@ class RLModule(L.LightningModule):
         track_kl_ref: load the reference even when the objective does not need one (beta = 0),
             so that ``train/kl_ref`` is logged (the KL ablation compares it across beta).
         invalid_reward, nonfinite: ``guard.*`` (``tbrm.rewards.scoring``, ``tbrm.guards``).
-
-    Checkpoints carry what an exact resume needs besides Lightning's own state (``tbrm.resume``).
 
     Batches of stored trajectories (``data=trajectories``: a ``records`` key) are trained on as
     they are, with their stored rewards: no generation.
@@ -165,32 +163,12 @@ class RLModule(L.LightningModule):
         inverse = torch.argsort(torch.tensor(order, device=self.device))
         return [torch.cat(column)[inverse] for column in zip(*parts, strict=True)]
 
-    def _check_stored(self, records: list[dict], where: str) -> None:
-        """Stored trajectories must carry what the objective needs (behaviour log-probs for ratios,
-        sampled at the temperature the update scales by)."""
-        if not self.objective.needs_behavior_log_probs:
-            return
-        missing = sum(r.get("behavior_logprobs") is None for r in records)
-        if missing:
-            raise ValueError(
-                f"{self.objective.name} needs the behaviour log-probs of every trajectory for its ratios, but "
-                f"{missing} of {len(records)} {where} have none; dump rollouts from a run (callbacks.rollout_dump) "
-                "or use task=generate, which store them, or train with algorithm=tbrm."
-            )
-        temperature = self.rollout_cfg["temperature"]
-        other = {r["temperature"] for r in records if r.get("temperature") not in (None, temperature)}
-        if other:
-            raise ValueError(
-                f"{where} were sampled at temperature {sorted(other)} but rollout.temperature is {temperature}; "
-                f"{self.objective.name}'s ratios need them equal: set rollout.temperature={sorted(other)[0]}."
-            )
-
     def _rollouts(self, batch: dict) -> tuple[RolloutBatch, torch.Tensor]:
         """The step's completions and rewards: stored trajectories as they are, or fresh rollouts
         (for ``1 - replay.fraction`` of the prompts) plus groups drawn from the replay buffer."""
         step = self.global_step
         if "records" in batch:
-            self._check_stored(batch["records"], "stored trajectories")
+            check_stored(batch["records"], self.objective, self.rollout_cfg["temperature"], "stored trajectories")
             rewards = torch.tensor([r["reward"] for r in batch["records"]], device=self.device)
             return to_rollout_batch(batch["records"], self.tokenizer, self.device), rewards
         prompts, answers = batch["prompt"], batch["answer"]
@@ -211,7 +189,7 @@ class RLModule(L.LightningModule):
         if not drawn:
             return rollout, rewards
         old = [r for _, group in drawn for r in group]
-        self._check_stored(old, "replayed trajectories")
+        check_stored(old, self.objective, self.rollout_cfg["temperature"], "replayed trajectories")
         self._replay_stats = {
             "replay/size": float(len(self.replay)),
             "replay/drawn": float(len(old)),
@@ -274,6 +252,7 @@ class RLModule(L.LightningModule):
                 whole_mask = rollout.completion_mask[rows]
                 active = rows if inert is None else [r for r in rows if not inert[r]]
                 idle = [] if inert is None else [r for r in rows if inert[r]]
+                loss = 0.0  # this minibatch's loss: a non-finite one never reaches the weights
                 # Inert rows only feed the logged metrics (no backward); while the policy is still
                 # the one that sampled them, from what the rollout recorded (no forward either).
                 for part, backward in ((active, True), (idle, False)):
@@ -282,6 +261,7 @@ class RLModule(L.LightningModule):
                             metrics, weight = self._micro_step(
                                 rollout, sub, exp, whole_mask, temperature, recorded=recorded and not backward
                             )
+                        loss += float(metrics["train/loss"]) * weight
                         for key, value_ in metrics.items():
                             sums[key] = sums.get(key, 0.0) + float(value_) * weight / updates
                 if not active:  # an all-zero gradient still steps AdamW (its moments decay)
@@ -291,11 +271,11 @@ class RLModule(L.LightningModule):
                 done += 1
                 norms = [torch.nn.utils.clip_grad_norm_(group, clip) for group in params]
                 self.nonfinite_skipped += drop_nonfinite_update(
-                    sums.get("train/loss", 0.0), norms, params, mode=self.nonfinite, step=self.global_step
+                    loss, norms, params, mode=self.nonfinite, step=self.global_step
                 )
                 for i, (opt, norm) in enumerate(zip(opts, norms, strict=True)):
                     key = "train/grad_norm" if i == 0 else "train/critic_grad_norm"
-                    sums[key] = sums.get(key, 0.0) + (float(norm) if norm.isfinite() else 0.0) / updates
+                    sums[key] = sums.get(key, 0.0) + float(norm) / updates
                     # Only the policy's last step of the iteration goes through Lightning, so that
                     # trainer.global_step counts RL iterations, not optimizer steps.
                     (opt if i == 0 and done == updates else opt.optimizer).step()
@@ -406,7 +386,7 @@ class RLModule(L.LightningModule):
         self.last_val_step = self.global_step
 
     # --------------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
+    def on_save_checkpoint(self, checkpoint: dict) -> None:  # what an exact resume needs (tbrm.resume)
         for logger in self.trainer.loggers:  # what was logged up to here is on disk with the checkpoint
             logger.save()
         save_module_state(self, checkpoint)

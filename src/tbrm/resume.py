@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import secrets
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
@@ -26,6 +27,30 @@ from tbrm.io import read_json, write_json
 
 CHECKPOINTS = "checkpoints"
 RUN_FILE = "run.json"
+
+
+@dataclass
+class Resume:
+    """What a training run continues from: ``checkpoint`` (None: a fresh run) at ``step``, the CSV
+    rows logged before it, and the W&B run id of ``<run>/run.json``."""
+
+    checkpoint: Path | None
+    step: int
+    csv_rows: list[dict]
+    wandb_id: str
+
+    @classmethod
+    def prepare(cls, ckpt_path: str | None, output_dir: str | Path) -> Resume:
+        """Find the checkpoint ``ckpt_path`` names (or fail, before any work) and what the run logged
+        before it (read now: the CSV logger clears the file when it starts)."""
+        checkpoint = checkpoint_to_resume(ckpt_path, output_dir)
+        step = checkpoint_step(checkpoint) if checkpoint else 0
+        rows = kept_csv_rows(Path(output_dir) / "csv" / "metrics.csv", step) if checkpoint else []
+        return cls(checkpoint, step, rows, run_record(output_dir, resuming=checkpoint is not None)["wandb_id"])
+
+    def logger_options(self) -> dict:
+        """The resume arguments of ``tbrm.utils.build_loggers``."""
+        return {"wandb_id": self.wandb_id, "resume": self.checkpoint is not None, "csv_rows": self.csv_rows}
 
 
 def rng_states() -> dict:

@@ -209,7 +209,7 @@ def test_compiled_step_draws_what_the_eager_step_draws_and_compiles_once(model_a
     real_run = subprocess.run
 
     def counted(cmd, *args, **kwargs):
-        builds.extend(["built"] if "tbrm.rollout.lean_step" in cmd else [])
+        builds.extend(["built"] if "tbrm.rollout.aot" in cmd else [])
         return real_run(cmd, *args, **kwargs)
 
     monkeypatch.setattr(subprocess, "run", counted)
@@ -232,11 +232,11 @@ def test_compiled_step_draws_what_the_eager_step_draws_and_compiles_once(model_a
 def test_a_failed_ahead_of_time_compilation_names_the_fallback(model_and_tokenizer, tmp_path, monkeypatch):
     import subprocess
 
-    from tbrm.rollout import lean_step
+    from tbrm.rollout import aot, lean_step
 
     model, tokenizer = model_and_tokenizer
     monkeypatch.setenv("TBRM_CACHE", str(tmp_path))
-    monkeypatch.setattr(lean_step, "_FAILED", {})
+    monkeypatch.setattr(aot, "_FAILED", {})
     lean_step.compiled_step.cache_clear()
     failed = subprocess.CompletedProcess([], 1, stdout="", stderr="g++: command not found")
     attempts = []
@@ -331,7 +331,7 @@ def test_processes_compiling_the_same_step_take_turns(tmp_path):
     record = tmp_path / "record.txt"
     code = (
         "import os, time, pathlib\n"
-        "from tbrm.rollout.lean_step import _exclusive\n"
+        "from tbrm.rollout.aot import _exclusive\n"
         f"with _exclusive(pathlib.Path({str(tmp_path / 'step.lock')!r})):\n"
         f"    with open({str(record)!r}, 'a') as f: f.write(f'in {{os.getpid()}}\\n')\n"
         "    time.sleep(0.5)\n"

@@ -50,6 +50,10 @@ class PromptDataModule(L.LightningDataModule):
             return self._shuffled(records, batch_size, collate_prompts)
         return DataLoader(records, batch_size=batch_size, collate_fn=collate_prompts, num_workers=self.num_workers)
 
+    def skipped_rows(self) -> dict[str, int]:
+        """Bad rows skipped per split (``skip_bad_rows=true``), for the logs and ``summary.json``."""
+        return dict(getattr(self.task, "skipped", {}))
+
     def _shuffled(self, records: list, batch_size: int, collate_fn) -> ResumableDataLoader:
         """Training batches in a new order each epoch, from the run's seed; resumable, so a resumed
         run sees the batches the uninterrupted one would."""
@@ -145,6 +149,10 @@ class TrajectoryDataModule(PromptDataModule):
             self._units = group_units(records, self.group_size, self.where)
             log.info("%s: %d trajectories in groups of %d", self.where, len(records), self.group_size)
         return self._units
+
+    def skipped_rows(self) -> dict[str, int]:
+        self.trajectories()  # read now (the first step would read them), to count what was skipped
+        return {**super().skipped_rows(), "trajectories": self.skipped}
 
     def train_dataloader(self):
         return self._shuffled(self.trajectories(), self.batch_size // self.group_size, collate_trajectories)

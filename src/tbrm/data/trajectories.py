@@ -111,6 +111,26 @@ def validate_record(row: dict, where: str) -> dict:
     return record
 
 
+def check_stored(records: list[dict], objective, temperature: float, where: str) -> None:
+    """Stored trajectories must carry what ``objective`` needs: behaviour log-probs for its ratios,
+    sampled at ``temperature``, the one its update scales by (``rollout.temperature``)."""
+    if not objective.needs_behavior_log_probs:
+        return
+    missing = sum(r.get("behavior_logprobs") is None for r in records)
+    if missing:
+        raise ValueError(
+            f"{objective.name} needs the behaviour log-probs of every trajectory for its ratios, but "
+            f"{missing} of {len(records)} {where} have none; dump rollouts from a run (callbacks.rollout_dump) "
+            "or use task=generate, which store them, or train with algorithm=tbrm."
+        )
+    other = {r["temperature"] for r in records if r.get("temperature") not in (None, temperature)}
+    if other:
+        raise ValueError(
+            f"{where} were sampled at temperature {sorted(other)} but rollout.temperature is {temperature}; "
+            f"{objective.name}'s ratios need them equal: set rollout.temperature={sorted(other)[0]}."
+        )
+
+
 # -------------------------------------------------------------------------------- write, read
 class TrajectoryWriter:
     """Writes shards of trajectory records into ``dirpath``, each atomically (temp file + rename)."""

@@ -18,10 +18,10 @@ draws the same tokens as ``generate`` from the same seed. The behaviour log-prob
 the sampled tokens under the distribution sampled from: a gather minus a logsumexp, with no
 full-vocabulary log-softmax kept.
 
-For Llama-family models the decode steps (not the prefill) run ``tbrm.rollout.lean_step``: one
-pure tensor function over the model's parameters and the cache held as two tensors, run eagerly
-(``rollout.engine=compact``) or compiled ahead of time, once per machine, by AOTInductor
-(``rollout.engine=compiled``).
+For Llama-family models the decode steps (not the prefill) run ``tbrm.rollout.lean_step``
+(``tbrm.rollout.lean_math.step``): one pure tensor function over the model's parameters and the
+cache held as two tensors, run eagerly (``rollout.engine=compact``) or compiled ahead of time,
+once per machine, by AOTInductor (``rollout.engine=compiled``, ``tbrm.rollout.aot``).
 """
 
 from __future__ import annotations
@@ -33,62 +33,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from tbrm.rollout.cache import PreallocatedLayer
 from tbrm.rollout.lean_step import LeanStep
-
-
-class PreallocatedLayer(DynamicLayer):
-    """One layer's KV cache in buffers of ``capacity`` positions, written in place.
-
-    ``keys`` and ``values`` are views of the filled part, so attention and the mask sizes see a
-    cache of exactly the tokens seen so far; no step copies the cache.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        batch, heads, _, _ = key_states.shape
-        self.device = key_states.device
-        self.key_buffer = key_states.new_empty(batch, heads, self.capacity, key_states.shape[-1])
-        self.value_buffer = value_states.new_empty(batch, value_states.shape[1], self.capacity, value_states.shape[-1])
-        self.is_initialized = True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        if end > self.capacity:
-            raise RuntimeError(f"the preallocated KV cache holds {self.capacity} positions; step {end} overflows it")
-        self.key_buffer[:, :, self.length : end] = key_states
-        self.value_buffer[:, :, self.length : end] = value_states
-        self.length = end
-        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_max_length(self) -> int:
-        return self.capacity
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep rows ``indices``; only the filled positions are copied, into fresh buffers."""
-        if not self.is_initialized:
-            return
-        for name in ("key_buffer", "value_buffer"):
-            old = getattr(self, name)
-            new = old.new_empty(len(indices), *old.shape[1:])
-            new[:, :, : self.length] = old[indices, :, : self.length]
-            setattr(self, name, new)
-        self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        """Each row ``repeats`` times in a row (a prompt's prefill shared by its group)."""
-        if self.is_initialized:
-            rows = torch.arange(self.key_buffer.shape[0], device=self.key_buffer.device)
-            self.batch_select_indices(rows.repeat_interleave(repeats))
 
 
 @dataclass
@@ -217,7 +163,7 @@ def decode(
     decoded (None: never, so the batch and the random stream are exactly ``generate``'s). With
     ``lean``, the decode steps of a Llama-family model run ``tbrm.rollout.lean_step.LeanStep``
     (other models, and the prefill, run the model's ``forward``); ``compiled`` runs it under
-    AOTInductor (``tbrm.rollout.lean_step.compiled_step``) and requires a covered model; None
+    AOTInductor (``tbrm.rollout.aot.compiled_step``) and requires a covered model; None
     (``rollout.engine=auto``) compiles it where it can (a covered model on CPU, a C++ compiler)
     and runs the lean or the model's step otherwise.
     """

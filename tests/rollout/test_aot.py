@@ -33,7 +33,7 @@ def children(pid: int) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"tbrm.rollout.lean_step" in cmdline:
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"tbrm.rollout.aot" in cmdline:
             found.append(int(proc.name))
     return found
 
