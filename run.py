@@ -3,8 +3,9 @@
     python run.py                                    # TBRM on the embedded default (CPU)
     python run.py algorithm.beta=0.1 seed=1          # override any config value
     python run.py -m seed=0,1,2                      # a Hydra multirun sweep
-    python run.py task=sft                           # only build (and cache) the warm start
-    python run.py task=eval model.name_or_path=<m>   # per-benchmark table (conf/eval/math.yaml)
+    python run.py algorithm=grpo                     # GRPO with its own pairing (conf/method/grpo.yaml)
+    python run.py mode=sft                           # only build (and cache) the warm start
+    python run.py mode=eval model.name_or_path=<m>   # per-benchmark table (conf/eval/math.yaml)
     python run.py ckpt_path=<run>/checkpoints/last.ckpt   # resume that run, in its folder, exactly
 
 Check the config, compose and instantiate the parts, validate, fit, validate, write summary.json.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -32,11 +34,11 @@ os.environ.setdefault("WANDB_MODE", "offline")  # no W&B server unless the user 
 from tbrm.eval import BenchmarkEvaluation  # noqa: E402
 from tbrm.interrupt import GUARD, StopOnSignal, remember_failure, run_main  # noqa: E402
 from tbrm.io import atomic_dir  # noqa: E402
-from tbrm.models import load_options, resolve_policy  # noqa: E402
+from tbrm.models.policy import load_options, resolve_policy  # noqa: E402
+from tbrm.modes import eval_settings, evaluate, generate  # noqa: E402
 from tbrm.module import RLModule  # noqa: E402
 from tbrm.resume import Resume  # noqa: E402
-from tbrm.settings import check_config  # noqa: E402
-from tbrm.tasks import eval_settings, evaluate, generate  # noqa: E402
+from tbrm.settings import check_config, renamed_overrides  # noqa: E402
 from tbrm.utils import build_loggers, finish_loggers, write_summary  # noqa: E402
 
 log = logging.getLogger("tbrm")
@@ -54,33 +56,30 @@ def train(cfg: DictConfig) -> float | None:
     start = time.time()
     check_config(OmegaConf.to_container(cfg, resolve=True))  # bad values fail here, before any work
     out = Path(cfg.paths.output_dir)
-    resume = Resume.prepare(cfg.ckpt_path, out) if cfg.task == "train" else None  # a bad ckpt_path fails here
+    resume = Resume.prepare(cfg.ckpt_path, out) if cfg.mode == "train" else None  # a bad ckpt_path fails here
     L.seed_everything(cfg.seed, workers=True)
     objective = instantiate(cfg.algorithm)  # validates the algorithm's hyper-parameters first
     datamodule = instantiate(cfg.data)
     policy_path = resolve_policy(cfg.model, datamodule.task, cfg.data.task, cfg.paths.cache_dir)
     log.info("initial policy: %s", policy_path)
-    if cfg.task == "sft":
+    if cfg.mode == "sft":
         report = Path(policy_path) / "warm_start.json"
         if report.exists():
             log.info("warm start report:\n%s", report.read_text())
         return None
-    if cfg.task == "eval":
+    if cfg.mode == "eval":
         return evaluate(cfg, policy_path, sweep_group())
-    if cfg.task == "generate":
+    if cfg.mode == "generate":
         return generate(cfg, policy_path, datamodule.task)
-    if cfg.task != "train":
-        raise ValueError(f"task must be one of ['train', 'sft', 'eval', 'generate'] (got {cfg.task!r}).")
 
     module = RLModule(
         policy_path,
         objective,
         instantiate(cfg.reward),
         rollout=OmegaConf.to_container(cfg.rollout, resolve=True),
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        micro_batch_size=cfg.optimizer.micro_batch_size,
-        micro_batch_tokens=cfg.optimizer.micro_batch_tokens,
-        split_cost_tokens=cfg.optimizer.split_cost_tokens,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler),
+        update=OmegaConf.to_container(cfg["update"], resolve=True),  # cfg.update is DictConfig.update
         model_options=load_options(cfg.model),
         replay=instantiate(cfg.replay) if cfg.get("replay") else None,
         track_kl_ref=cfg.track_kl_ref,
@@ -139,4 +138,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if renamed := renamed_overrides(sys.argv[1:]):  # an old spelling: say the new one before Hydra's error
+        sys.exit("run.py: " + "; ".join(renamed) + ".")
     run_main(main)

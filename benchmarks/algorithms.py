@@ -49,7 +49,7 @@ def launch(out: Path, label: str, seed: int, overrides: list[str], threads: int)
         *overrides,
         f"seed={seed}",
         "logger=csv",
-        f"task_name=bench_{slug(label)}",
+        f"run_name=bench_{slug(label)}",
         f"hydra.run.dir={job_dir}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -147,7 +147,7 @@ def main() -> None:
     common.append(f"trainer.val_check_interval={max(args.steps // 2, 1)}")
 
     # the warm start is shared: build it once before jobs race for it
-    subprocess.run([sys.executable, "run.py", "task=sft", *args.overrides], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "run.py", "mode=sft", *args.overrides], cwd=ROOT, check=True)
     jobs = [(label, seed) for seed in args.seeds for label in labels]
     threads = args.threads or max(cores // args.jobs, 1)
     results = []

@@ -6,7 +6,7 @@
 
 Both studies go through the real ``run.py``, with ``--jobs`` jobs side by side (one thread each):
 
-1. ``offline``: ``task=generate`` samples ``--samples-per-prompt`` completions for every training
+1. ``offline``: ``mode=generate`` samples ``--samples-per-prompt`` completions for every training
    prompt from the warm start (once; reused when the file exists), then TBRM trains only on that
    file (``data=trajectories``: no generation during training; held-out prompts for validation),
    for each beta and seed, at the default budget of 128 trajectories x 150 steps.
@@ -83,13 +83,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "benchmarks" / "offpolicy")
     args = parser.parse_args()
     threads = max((os.cpu_count() or 1) // args.jobs, 1)
-    subprocess.run([sys.executable, "run.py", "task=sft"], cwd=ROOT, check=True)  # the shared warm start
+    subprocess.run([sys.executable, "run.py", "mode=sft"], cwd=ROOT, check=True)  # the shared warm start
     lines = []
     if args.study in ("all", "offline"):
         samples = args.out / "warmstart_samples"
         if not (samples / "trajectories").exists():
             subprocess.run(
-                [sys.executable, "run.py", "task=generate", f"generate.n={args.samples_per_prompt}",
+                [sys.executable, "run.py", "mode=generate", f"generate.n={args.samples_per_prompt}",
                  f"hydra.run.dir={samples}"],
                 cwd=ROOT, check=True,
             )  # fmt: skip

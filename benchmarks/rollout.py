@@ -50,21 +50,22 @@ def load(which: str):
 
 
 def run(model, tokenizer, batches, engine, options, n):
-    import tbrm.rollout.hf as hf
+    import tbrm.rollout.compact as compact
+    from tbrm.rollout import generate_rollouts
     from tbrm.rollout.decode import decode
 
-    hf.decode = functools.partial(decode, **options)
+    compact.decode = functools.partial(decode, **options)  # the engines' loop with this run's options
     try:
         times, steps, row_steps = [], [], []
         for prompts, answers in batches:
             start = time.perf_counter()
-            out = hf.generate_rollouts(model, tokenizer, prompts, answers, n=n, engine=engine)
+            out = generate_rollouts(model, tokenizer, prompts, answers, n=n, engine=engine)
             times.append(time.perf_counter() - start)
             steps.append(out.completion_ids.shape[1])
             row_steps.append(int(out.completion_mask.sum()))
         return times, steps, row_steps
     finally:
-        hf.decode = decode
+        compact.decode = decode
 
 
 def main() -> None:

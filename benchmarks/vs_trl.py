@@ -31,6 +31,7 @@ optimizer states, activations and temporaries. Peak RSS is mostly libraries at t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -57,7 +58,7 @@ def save_model(path: Path, which: str) -> None:
         from hydra import compose, initialize_config_dir
         from hydra.utils import instantiate
 
-        from tbrm.models import resolve_policy
+        from tbrm.models.policy import resolve_policy
 
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=[f"paths.root_dir={ROOT}"])
@@ -78,6 +79,7 @@ def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
     from tbrm.data.datamodule import PromptDataModule
     from tbrm.module import RLModule
     from tbrm.objectives import GRPO, PPO, TBRM
+    from tbrm.optim import adamw, warmup_cosine_schedule
     from tbrm.rewards import exact_number_reward
 
     L.seed_everything(0)  # the same prompt order and draws for every engine (TRL: seed=0)
@@ -99,8 +101,9 @@ def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
             "max_new_tokens": args.max_new_tokens,
             "engine": "hf" if args.plain else args.rollout_engine,
         },
-        split_cost_tokens=1e12 if args.plain else 256,
-        optimizer={"lr": 1e-5, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 1.0},
+        optimizer=functools.partial(adamw, lr=1e-5, betas=(0.9, 0.999)),
+        scheduler=functools.partial(warmup_cosine_schedule, warmup_steps=0),
+        update={"grad_clip": 1.0, "split_cost_tokens": 1e12 if args.plain else 256},
     )
     times: list[float] = []
     phases: dict[str, list[float]] = {k: [] for k in (*PHASES, LENGTH)}

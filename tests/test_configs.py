@@ -50,6 +50,8 @@ def test_default_config_resolves(tmp_path):
         "rollout",
         "reward",
         "optimizer",
+        "scheduler",
+        "update",
         "trainer",
         "callbacks",
         "experiment",
@@ -62,7 +64,7 @@ def test_every_option_of_every_group_composes_and_instantiates(tmp_path, group):
     for option in options(group):
         cfg = compose_cfg(tmp_path, [f"{group}={option}", *extra.get((group, option), [])])
         objective = instantiate(cfg.algorithm)
-        assert objective.beta >= 0 and objective.name in ("tbrm", "grpo", "ppo")
+        assert objective.beta >= 0 and objective.name in options("algorithm")
         datamodule = instantiate(cfg.data)
         assert datamodule.batch_size >= 1
         reward = instantiate(cfg.reward)
@@ -93,18 +95,50 @@ def test_gpu_trainer_config_asks_for_bf16(tmp_path):
     assert cfg.trainer.max_steps == compose_cfg(tmp_path).trainer.max_steps  # inherits the rest
 
 
-def test_algorithm_groups_set_a_fair_budget(tmp_path):
-    """Every algorithm sees 128 completions per step by default; GRPO as 32 groups of 4."""
-    for name, n in (("tbrm", 1), ("grpo", 4), ("ppo", 1)):
+def test_every_algorithm_alone_gets_its_own_method_at_a_fair_budget(tmp_path):
+    """algorithm=<name> alone selects method/<name>.yaml: 128 completions per step, its own lr."""
+    for name in options("algorithm"):
         cfg = compose_cfg(tmp_path, [f"algorithm={name}"])
-        assert cfg.rollout.n == n and cfg.data.batch_size * n == 128
         objective = instantiate(cfg.algorithm)
-        assert getattr(objective, "group_size", n) == n
+        assert objective.name == name and cfg.data.batch_size * cfg.rollout.n == 128
+        assert getattr(objective, "group_size", cfg.rollout.n) == cfg.rollout.n
+        method = OmegaConf.load(CONF / "method" / f"{name}.yaml")
+        assert (cfg.rollout.n, cfg.optimizer.lr) == (method.rollout.n, method.optimizer.lr)
+    assert compose_cfg(tmp_path, ["algorithm=grpo"]).rollout.n == 4  # GRPO's groups of 4
     assert compose_cfg(tmp_path, ["algorithm=grpo"]).optimizer.lr == 3e-5  # its own tuned lr
     assert compose_cfg(tmp_path, ["algorithm=grpo", "optimizer.lr=1e-5"]).optimizer.lr == 1e-5
     cfg = compose_cfg(tmp_path, ["algorithm=grpo", "rollout.n=8", "algorithm.loss_agg_mode=seq-mean-token-sum-norm"])
     objective = instantiate(cfg.algorithm)
     assert objective.group_size == 8 and objective.norm_length == cfg.rollout.max_new_tokens
+
+
+def test_algorithm_files_hold_only_their_objective_and_methods_hold_the_pairings():
+    import dataclasses
+
+    from hydra.utils import get_class
+
+    for name in options("algorithm"):
+        text = (CONF / "algorithm" / f"{name}.yaml").read_text()
+        assert "_global_" not in text, name
+        cfg = OmegaConf.load(CONF / "algorithm" / f"{name}.yaml")
+        keys = set(cfg) - {"_target_", "defaults"}
+        target = cfg.get("_target_") or OmegaConf.load(CONF / "algorithm" / f"{cfg.defaults[0]}.yaml")._target_
+        fields = {f.name for f in dataclasses.fields(get_class(target))}
+        assert keys <= fields, (name, keys - fields)
+    for method in options("method"):
+        cfg = OmegaConf.load(CONF / "method" / f"{method}.yaml")
+        assert set(cfg) <= {"defaults", "rollout", "data", "optimizer"}, method
+    assert {m for m in options("method") if "_n" not in m} == set(options("algorithm"))
+
+
+def test_old_spellings_name_the_new_setting():
+    from tbrm.settings import renamed_overrides
+
+    assert renamed_overrides(["task=eval", "optimizer.micro_batch_size=4", "+algorithm.ppo_epochs=2", "seed=1"]) == [
+        "task is now mode: use mode=eval",
+        "optimizer.micro_batch_size is now update.micro_batch_size: use update.micro_batch_size=4",
+        "algorithm.ppo_epochs is now algorithm.epochs: use +algorithm.epochs=2",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -116,6 +150,8 @@ def test_algorithm_groups_set_a_fair_budget(tmp_path):
         (["data.batch_size=0"], "batch_size"),
         (["data.task.op=pow"], "data.task.op"),
         (["algorithm=grpo", "rollout.n=1"], "at least 2 completions per prompt"),
+        (["algorithm=rloo", "rollout.n=1"], "RLOO needs at least 2 completions per prompt"),
+        (["algorithm=reinforce_pp", "algorithm.clip_ratio_c=0.5"], "clip_ratio_c must be a number > 1"),
         (["algorithm=grpo", "algorithm.loss_agg_mode=sum"], "loss_agg_mode must be one of"),
         (["algorithm=grpo", "algorithm.epsilon=0"], "algorithm.epsilon must be a number > 0"),
         (["algorithm=grpo", "algorithm.beta=-0.1"], "algorithm.beta must be a number >= 0"),
@@ -153,7 +189,7 @@ def test_paper_presets_carry_the_papers_hyper_parameters(tmp_path, preset):
     assert cfg.data.task.train.name == "BytedTsinghua-SIA/DAPO-Math-17k" and cfg.data.task.train.dedupe
     assert cfg.data.task.template == "qwen_math" and cfg.eval.template == "qwen_math"
     assert cfg.reward._target_ == "tbrm.rewards.math_verify_reward"
-    assert (cfg.optimizer.warmup_steps, cfg.optimizer.min_lr_ratio) == (0, 1.0)  # constant lr
+    assert (cfg.scheduler.warmup_steps, cfg.scheduler.min_lr_ratio) == (0, 1.0)  # constant lr
     objective = instantiate(cfg.algorithm)
     if objective.name == "tbrm":
         assert objective.initial_value == "raw"

@@ -64,7 +64,7 @@ def test_paper_preset_as_written_with_its_hub_model_and_hub_data(math_data_dir, 
     _cache_sets(math_data_dir, cache, tmp_path)
     sizes = ["data.task.validation.limit=4", "eval.benchmarks.aime24.limit=2", "eval.benchmarks.amc23.limit=2",
              "eval.samples.aime24=2", "eval.samples.amc23=2", "eval.k=[2]", "data.batch_size=4",
-             "rollout.max_new_tokens=6", "optimizer.micro_batch_size=4", "trainer.accelerator=cpu",
+             "rollout.max_new_tokens=6", "update.micro_batch_size=4", "trainer.accelerator=cpu",
              "trainer.max_steps=2", "trainer.val_check_interval=2", "logger=csv"]  # fmt: skip
     run_py(ROOT, tmp_path, "experiment=paper/tbrm_n1", *sizes, tiny=[], env=offline(cache))
     out = only((tmp_path / "logs/train/runs").iterdir())
@@ -84,7 +84,7 @@ def test_task_eval_by_hub_names(math_data_dir, qwen2_model_dir, tmp_path):
     cache = tmp_path / "hub"
     hub_model(cache, "acme/qwen-standin", qwen2_model_dir)
     _cache_sets(math_data_dir, cache, tmp_path)
-    run_py(ROOT, tmp_path, "task=eval", "model.name_or_path=acme/qwen-standin", "~eval.benchmarks.aime25",
+    run_py(ROOT, tmp_path, "mode=eval", "model.name_or_path=acme/qwen-standin", "~eval.benchmarks.aime25",
            "~eval.benchmarks.minerva_math", "~eval.benchmarks.olympiadbench", "~eval.benchmarks.gsm8k_test",
            *[f"eval.benchmarks.{b}.limit=2" for b in ("aime24", "amc23", "math500")], "eval.samples.aime24=2",
            "eval.samples.amc23=2", "eval.k=[2]", "rollout.max_new_tokens=6", tiny=[], env=offline(cache))  # fmt: skip

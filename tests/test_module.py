@@ -1,18 +1,25 @@
 """The LightningModule on a tiny random model, for every objective: steps update the policy (and
 the critic), never the reference; micro-batches accumulate to the full-batch gradient."""
 
+import functools
+
 import lightning as L
 import pytest
 import torch
 
 from tbrm.data.arithmetic import ArithmeticTask
 from tbrm.data.datamodule import PromptDataModule
-from tbrm.module import RLModule, adamw, warmup_cosine
+from tbrm.module import RLModule
 from tbrm.objectives import GRPO, PPO, TBRM
+from tbrm.optim import adamw, warmup_cosine_schedule
 from tbrm.rewards import exact_number_reward
 
 ROLLOUT = {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8}
-OPTIM = {"lr": 1e-2, "betas": [0.9, 0.95], "weight_decay": 0.0, "warmup_steps": 1, "grad_clip": 1.0}
+GUARDS = ("invalid_reward", "nonfinite")
+OPTIM = {
+    "optimizer": functools.partial(adamw, lr=1e-2, betas=(0.9, 0.95)),
+    "scheduler": functools.partial(warmup_cosine_schedule, warmup_steps=1),
+}
 
 
 class Recorder(L.Callback):
@@ -56,11 +63,11 @@ def make(
         objective or TBRM(beta=0.5),
         reward,
         rollout=ROLLOUT,
-        optimizer=OPTIM,
-        micro_batch_size=micro_batch_size,
+        **OPTIM,
+        update={"micro_batch_size": micro_batch_size, **{k: v for k, v in batching.items() if k not in GUARDS}},
         model_options=model_options,
         replay=replay,
-        **batching,
+        **{k: v for k, v in batching.items() if k in GUARDS},
     )
 
 
@@ -138,15 +145,14 @@ def test_bad_micro_batch_caps_and_engines_fail_when_the_module_is_built(tiny_mod
     with pytest.raises(ValueError, match="micro_batch_tokens must be >= 1"):
         make(tiny_model_dir, micro_batch_tokens=0)
     with pytest.raises(ValueError, match="rollout.engine='vllm' is not one of"):
-        RLModule(str(tiny_model_dir), TBRM(), exact_number_reward, rollout={**ROLLOUT, "engine": "vllm"},
-                 optimizer=OPTIM)  # fmt: skip
+        RLModule(str(tiny_model_dir), TBRM(), exact_number_reward, rollout={**ROLLOUT, "engine": "vllm"}, **OPTIM)
 
 
 @pytest.mark.parametrize("engine", ["compact", "hf"])
 def test_both_rollout_engines_train(tiny_model_dir, engine):
     torch.manual_seed(0)
     module = RLModule(str(tiny_model_dir), GRPO(group_size=2), alternating_reward,
-                      rollout={**ROLLOUT, "engine": engine}, optimizer=OPTIM)  # fmt: skip
+                      rollout={**ROLLOUT, "engine": engine}, **OPTIM)  # fmt: skip
     before = {k: v.clone() for k, v in module.policy.state_dict().items()}
     trainer, metrics = fit(module, steps=1)
     assert trainer.global_step == 1 and metrics[0]["train/response_length"] > 0
@@ -225,7 +231,7 @@ def test_gradient_checkpointing_gives_the_same_gradient_and_a_bf16_reference(tin
 
 def test_grpo_steps_with_several_updates_count_one_global_step_each(tiny_model_dir):
     torch.manual_seed(0)
-    module = make(tiny_model_dir, reward=random_reward, objective=GRPO(group_size=2, beta=0.0, num_iterations=2))
+    module = make(tiny_model_dir, reward=random_reward, objective=GRPO(group_size=2, beta=0.0, epochs=2))
     assert module.ref_model is None  # beta = 0 loads no reference model
     calls = []
     opt_step = torch.optim.AdamW.step
@@ -251,7 +257,7 @@ def _counting(configure, calls, opt_step):
 
 def test_ppo_trains_policy_and_critic_and_checkpoints_the_critic(tiny_model_dir):
     torch.manual_seed(0)
-    module = make(tiny_model_dir, reward=random_reward, objective=PPO(beta=0.1, ppo_epochs=2, num_minibatches=2))
+    module = make(tiny_model_dir, reward=random_reward, objective=PPO(beta=0.1, epochs=2, num_minibatches=2))
     critic_before = {k: v.clone() for k, v in module.critic.state_dict().items()}
     policy_before = {k: v.clone() for k, v in module.policy.state_dict().items()}
     trainer, metrics = fit(module, steps=2)
@@ -288,13 +294,6 @@ def test_a_reward_function_that_raises_is_named(tiny_model_dir):
 def test_a_reward_function_with_the_wrong_length_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="returned 1 rewards for 8 completions"):
         fit(make(tiny_model_dir, reward=lambda c, a: [0.0]), steps=1)
-
-
-def test_warmup_cosine_schedule():
-    lam = warmup_cosine(warmup_steps=2, total_steps=10, min_ratio=0.1)
-    assert lam(0) == 0.5 and lam(1) == 1.0 and lam(2) == 1.0
-    assert lam(6) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert lam(10) == pytest.approx(0.1) and lam(50) == pytest.approx(0.1)
 
 
 def test_ppo_resumes_policy_critic_and_both_optimizers_from_a_checkpoint(tiny_model_dir, tmp_path):
@@ -353,7 +352,7 @@ def test_training_from_stored_trajectories_generates_nothing(tiny_model_dir, tmp
     def no_generation(*args, **kwargs):
         raise AssertionError("training from a file must not generate")
 
-    monkeypatch.setattr("tbrm.module.generate_rollouts", no_generation)
+    monkeypatch.setattr(module.engine, "generate", no_generation)
     task = ArithmeticTask(b_digits=1, num_val=8, num_test=8)
     trainer, metrics = fit(module, steps=2, datamodule=TrajectoryDataModule(task, path, batch_size=4))
     assert trainer.global_step == 2 and module.generated == 0
@@ -415,26 +414,10 @@ def test_track_kl_ref_loads_the_reference_at_beta_zero_and_logs_the_kl(tiny_mode
         grpo,
         random_reward,
         rollout={**ROLLOUT, "n": 2},
-        optimizer=OPTIM,
+        **OPTIM,
         track_kl_ref=True,
     )
     assert module.ref_model is not None
     _, metrics = fit(module, steps=3)
     assert "train/kl_ref" in metrics[-1] and metrics[0]["train/kl_ref"] == pytest.approx(0.0, abs=1e-5)
     assert metrics[-1]["train/kl_ref"] != 0.0  # the policy moved away from the reference
-
-
-def test_adamw_is_fused_on_cpu_and_steps_as_the_unfused_one():
-    torch.manual_seed(0)
-    start, grads = torch.randn(3, 5), [torch.randn(3, 5) for _ in range(3)]
-    params = {}
-    for fused in (True, False):
-        p = torch.nn.Parameter(start.clone())
-        opt = adamw([p], lr=1e-2, weight_decay=0.1) if fused else torch.optim.AdamW([p], lr=1e-2, weight_decay=0.1)
-        assert opt.defaults["fused"] is (True if fused else None)
-        for g in grads:
-            p.grad = g.clone()
-            opt.step()
-        params[fused] = p.detach()
-    torch.testing.assert_close(params[True], params[False])
-    assert adamw([torch.nn.Parameter(torch.zeros(2, device="meta"))], lr=1e-3).defaults["fused"] is None

@@ -89,26 +89,35 @@ def test_second_run_reuses_warm_start_and_resumes_from_checkpoint(first_run, rep
 
 def test_task_sft_only_builds_the_warm_start(first_run, repo_root):
     tmp, _ = first_run
-    proc = run(repo_root, tmp, "task=sft")
+    proc = run(repo_root, tmp, "mode=sft")
     assert "warm start report" in proc.stdout + proc.stderr
     assert not (tmp / "logs/sft/runs").exists() or not list((tmp / "logs/sft/runs").glob("*/summary.json"))
 
 
 def test_multirun_of_the_baselines_groups_jobs_in_wandb(first_run, repo_root):
+    """GRPO, PPO and the estimators on GRPO's loss (RLOO, REINFORCE++) end to end, each with its own
+    method's rollouts per prompt, its metrics and its W&B run."""
     tmp, _ = first_run
-    run(repo_root, tmp, "-m", "algorithm=grpo,ppo", "seed=1", "trainer.max_steps=2", "trainer.val_check_interval=2")
+    run(repo_root, tmp, "-m", "algorithm=grpo,ppo,rloo,reinforce_pp", "seed=1", "trainer.max_steps=2",
+        "trainer.val_check_interval=2")  # fmt: skip
     sweep = only((tmp / "logs/train/multiruns").iterdir())
     ids = set()
-    for job, name, prefix, n in (("0", "grpo", "grpo/clip_frac", 4), ("1", "ppo", "ppo/value_loss", 1)):
+    jobs = (
+        ("0", "grpo", "grpo/clip_frac", 4, "GRPO"),
+        ("1", "ppo", "ppo/value_loss", 1, "PPO"),
+        ("2", "rloo", "rloo/clip_frac", 4, "GRPO"),
+        ("3", "reinforce_pp", "reinforce_pp/advantage_abs_mean", 1, "GRPO"),
+    )
+    for job, name, prefix, n, target in jobs:
         summary = json.loads((sweep / job / "summary.json").read_text())
         assert summary["algorithm"] == name and summary["seed"] == 1 and summary["steps"] == 2
         wb = read_offline_run(only((sweep / job / "wandb").glob("offline-run-*")))
         assert wb["group"] == sweep.name and wb["tags"] == [name] and wb["config"]["seed"] == 1
-        assert wb["config"]["algorithm"]["_target_"].endswith(name.upper())
+        assert wb["config"]["algorithm"]["_target_"].endswith(target) and wb["config"]["rollout"]["n"] == n
         assert prefix in wb["summary"] and "perf/update_s" in wb["summary"] and "train/completions" in wb["summary"]
         assert wb["summary"]["train/completions"] == 2 * 16 * n  # smoke: 16 prompts per step, n completions each
         ids.add(wb["id"])
-    assert len(ids) == 2  # one W&B run per job
+    assert len(ids) == 4  # one W&B run per job
 
 
 @pytest.mark.parametrize(
@@ -167,7 +176,7 @@ def test_math_data_from_local_files_with_a_saved_model(repo_root, math_data_dir,
 
 
 def test_eval_task_over_every_local_benchmark_file_on_the_embedded_model(first_run, repo_root, math_data_dir):
-    """task=eval on the embedded default (its cached warm start) over every local benchmark file:
+    """mode=eval on the embedded default (its cached warm start) over every local benchmark file:
     the table printed, eval.json / eval.md written, a W&B offline run logged. Rows are limited and
     AIME24 / AMC23 take 4 samples instead of 32, for time; the protocol is the default one."""
     tmp, _ = first_run
@@ -175,7 +184,7 @@ def test_eval_task_over_every_local_benchmark_file_on_the_embedded_model(first_r
     proc = run(
         repo_root,
         tmp,
-        "task=eval",
+        "mode=eval",
         f"eval.local_dir={math_data_dir}",
         "~eval.benchmarks.aime25",  # no local copy
         "+data/source@eval.benchmarks.svamp=svamp",
@@ -213,10 +222,10 @@ def test_a_runs_dumped_rollouts_train_another_run_without_generation(first_run, 
 
 
 def test_task_generate_writes_trajectories_grpo_trains_on(first_run, repo_root):
-    """task=generate samples groups with rewards and behaviour log-probs; GRPO trains on the file."""
+    """mode=generate samples groups with rewards and behaviour log-probs; GRPO trains on the file."""
     tmp, _ = first_run
     gen = tmp / "generate"
-    proc = run(repo_root, tmp, "task=generate", "generate.n=2", "generate.limit=16", "generate.batch_size=8",
+    proc = run(repo_root, tmp, "mode=generate", "generate.n=2", "generate.limit=16", "generate.batch_size=8",
                f"hydra.run.dir={gen}")  # fmt: skip
     assert "generating" in proc.stderr and "wrote 32 trajectories" in proc.stderr + proc.stdout
     rows = [json.loads(line) for p in sorted((gen / "trajectories").iterdir()) for line in p.read_text().splitlines()]
@@ -273,7 +282,7 @@ def test_paper_presets_train_and_evaluate_on_a_local_qwen2_model(repo_root, math
         "eval.k=[2,4]",
         "data.batch_size=4",
         "rollout.max_new_tokens=6",
-        "optimizer.micro_batch_size=4",
+        "update.micro_batch_size=4",
         "trainer.accelerator=cpu",
         "trainer.max_steps=2",
         "trainer.val_check_interval=2",

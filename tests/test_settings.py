@@ -40,11 +40,11 @@ def test_every_shipped_config_passes(tmp_path):
         ),
         ("rollout.engine=fast", "rollout.engine must be one of"),
         ("optimizer.lr=-1", r"optimizer.lr must be a number > 0 \(got -1\)"),
-        ("optimizer.warmup_steps=-3", r"optimizer.warmup_steps must be an integer >= 0 \(got -3\)"),
-        ("optimizer.min_lr_ratio=2", r"optimizer.min_lr_ratio must be a number in \[0, 1\]"),
+        ("scheduler.warmup_steps=-3", r"scheduler.warmup_steps must be an integer >= 0 \(got -3\)"),
+        ("scheduler.min_lr_ratio=2", r"scheduler.min_lr_ratio must be a number in \[0, 1\]"),
         ("optimizer.betas=[0.9,1.5]", r"optimizer.betas must be two numbers in \[0, 1\)"),
-        ("optimizer.grad_clip=0", r"optimizer.grad_clip must be a number > 0"),
-        ("optimizer.micro_batch_size=0", r"optimizer.micro_batch_size must be null or an integer >= 1"),
+        ("update.grad_clip=0", r"update.grad_clip must be a number > 0"),
+        ("update.micro_batch_size=0", r"update.micro_batch_size must be null or an integer >= 1"),
         ("+optimizer.lrr=1", "optimizer.lrr is not a setting of optimizer/; did you mean optimizer.lr?"),
         ("trainer.max_steps=0", r"trainer.max_steps must be an integer >= 1 \(got 0\)"),
         ("trainer.val_check_interval=0", r"trainer.val_check_interval must be an integer >= 1"),
@@ -59,9 +59,9 @@ def test_bad_settings_name_the_key_and_the_range(tmp_path, override, message):
 
 def test_eval_and_generate_settings_are_checked_too(tmp_path):
     with pytest.raises(ValueError, match=r"eval.temperature must be a number > 0"):
-        checked(tmp_path, "task=eval", "eval.temperature=0")
+        checked(tmp_path, "mode=eval", "eval.temperature=0")
     with pytest.raises(ValueError, match=r"generate.n must be an integer >= 1"):
-        checked(tmp_path, "task=generate", "generate.n=0")
+        checked(tmp_path, "mode=generate", "generate.n=0")
 
 
 @pytest.mark.slow
@@ -75,6 +75,8 @@ def test_eval_and_generate_settings_are_checked_too(tmp_path):
         ("optimizer.lr=-1", "optimizer.lr must be a number > 0 (got -1)"),
         ("+rollout.temprature=0.5", "did you mean rollout.temperature?"),
         ("data=gsm8k", "data=MathTask needs a real model, but model.name_or_path is null"),
+        ("task=eval", "task is now mode: use mode=eval"),
+        ("optimizer.grad_clip=2", "optimizer.grad_clip is now update.grad_clip: use update.grad_clip=2"),
     ],
 )
 def test_run_py_fails_within_seconds_before_any_warm_start(tmp_path, override, message):

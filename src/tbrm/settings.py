@@ -18,11 +18,36 @@ from collections.abc import Mapping
 from typing import Any
 
 ROLLOUT_KEYS = ("n", "temperature", "top_p", "max_new_tokens", "engine")
-OPTIMIZER_KEYS = (
-    "lr", "betas", "weight_decay", "warmup_steps", "min_lr_ratio", "grad_clip",
-    "micro_batch_size", "micro_batch_tokens", "split_cost_tokens",
-)  # fmt: skip
+OPTIMIZER_KEYS = ("_target_", "_partial_", "lr", "betas", "weight_decay", "eps", "amsgrad")
+SCHEDULER_KEYS = ("_target_", "_partial_", "warmup_steps", "min_lr_ratio")
+UPDATE_KEYS = ("grad_clip", "micro_batch_size", "micro_batch_tokens", "split_cost_tokens")
 GUARD_CHOICES = {"invalid_reward": ("stop", "zero"), "nonfinite": ("stop", "skip")}
+MODES = ("train", "sft", "eval", "generate")
+#: settings that moved, old spelling -> new (``renamed_overrides`` names the new one)
+RENAMED = {
+    "task": "mode",
+    "task_name": "run_name",
+    "optimizer.warmup_steps": "scheduler.warmup_steps",
+    "optimizer.min_lr_ratio": "scheduler.min_lr_ratio",
+    "optimizer.grad_clip": "update.grad_clip",
+    "optimizer.micro_batch_size": "update.micro_batch_size",
+    "optimizer.micro_batch_tokens": "update.micro_batch_tokens",
+    "optimizer.split_cost_tokens": "update.split_cost_tokens",
+    "algorithm.num_iterations": "algorithm.epochs",
+    "algorithm.ppo_epochs": "algorithm.epochs",
+}
+
+
+def renamed_overrides(overrides: list[str]) -> list[str]:
+    """A message for each command-line override that uses a setting's old spelling (checked before
+    Hydra composes, whose own error would not name the new one)."""
+    messages = []
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if sep and key in RENAMED:
+            new = RENAMED[key]
+            messages.append(f"{key} is now {new}: use {override.replace(key, new, 1)}")
+    return messages
 
 
 def is_number(value: Any) -> bool:
@@ -63,7 +88,7 @@ def check_sampling(section: Mapping, prefix: str) -> None:
 
 
 def check_rollout(rollout: Mapping) -> None:
-    from tbrm.rollout.hf import ENGINES
+    from tbrm.rollout.engine import ENGINES
 
     check_keys(rollout, ROLLOUT_KEYS, "rollout")
     check_sampling(rollout, "rollout")
@@ -71,8 +96,29 @@ def check_rollout(rollout: Mapping) -> None:
         _fail("rollout.engine", f"one of {list(ENGINES)}", rollout.get("engine"))
 
 
-def check_optimizer(opt: Mapping, max_steps: int | None = None) -> None:
-    check_keys(opt, OPTIMIZER_KEYS, "optimizer")
+def check_update(update: Mapping) -> None:
+    check_keys(update, UPDATE_KEYS, "update")
+    if not is_number(update.get("grad_clip", 1.0)) or update.get("grad_clip", 1.0) <= 0:
+        _fail("update.grad_clip", "a number > 0", update.get("grad_clip"), "the maximum gradient norm")
+    for key in ("micro_batch_size", "micro_batch_tokens"):
+        if update.get(key) is not None and (not is_int(update[key]) or update[key] < 1):
+            _fail(f"update.{key}", "null or an integer >= 1", update[key])
+    if not is_number(update.get("split_cost_tokens", 0)) or update.get("split_cost_tokens", 0) < 0:
+        _fail("update.split_cost_tokens", "a number >= 0", update.get("split_cost_tokens"))
+
+
+def check_scheduler(sched: Mapping) -> None:
+    check_keys(sched, SCHEDULER_KEYS, "scheduler")
+    if not is_int(sched.get("warmup_steps", 0)) or sched.get("warmup_steps", 0) < 0:
+        _fail("scheduler.warmup_steps", "an integer >= 0", sched.get("warmup_steps"), "steps of linear warm-up")
+    ratio = sched.get("min_lr_ratio", 0.0)
+    if not is_number(ratio) or not 0 <= ratio <= 1:
+        _fail("scheduler.min_lr_ratio", "a number in [0, 1]", ratio, "the final lr as a fraction of lr")
+
+
+def check_optimizer(opt: Mapping) -> None:
+    if opt.get("_target_") == "tbrm.optim.adamw":  # another optimizer's partial takes its own keys
+        check_keys(opt, OPTIMIZER_KEYS, "optimizer")
     if not is_number(opt.get("lr")) or opt["lr"] <= 0:
         _fail("optimizer.lr", "a number > 0", opt.get("lr"))
     betas = opt.get("betas", (0.9, 0.999))
@@ -80,18 +126,6 @@ def check_optimizer(opt: Mapping, max_steps: int | None = None) -> None:
         _fail("optimizer.betas", "two numbers in [0, 1)", betas)
     if not is_number(opt.get("weight_decay", 0.0)) or opt.get("weight_decay", 0.0) < 0:
         _fail("optimizer.weight_decay", "a number >= 0", opt.get("weight_decay"))
-    if not is_int(opt.get("warmup_steps", 0)) or opt.get("warmup_steps", 0) < 0:
-        _fail("optimizer.warmup_steps", "an integer >= 0", opt.get("warmup_steps"), "steps of linear warm-up")
-    ratio = opt.get("min_lr_ratio", 0.0)
-    if not is_number(ratio) or not 0 <= ratio <= 1:
-        _fail("optimizer.min_lr_ratio", "a number in [0, 1]", ratio, "the final lr as a fraction of lr")
-    if not is_number(opt.get("grad_clip", 1.0)) or opt.get("grad_clip", 1.0) <= 0:
-        _fail("optimizer.grad_clip", "a number > 0", opt.get("grad_clip"), "the maximum gradient norm")
-    for key in ("micro_batch_size", "micro_batch_tokens"):
-        if opt.get(key) is not None and (not is_int(opt[key]) or opt[key] < 1):
-            _fail(f"optimizer.{key}", "null or an integer >= 1", opt[key])
-    if not is_number(opt.get("split_cost_tokens", 0)) or opt.get("split_cost_tokens", 0) < 0:
-        _fail("optimizer.split_cost_tokens", "a number >= 0", opt.get("split_cost_tokens"))
 
 
 def check_trainer(trainer: Mapping) -> None:
@@ -112,15 +146,20 @@ def check_guard(guard: Mapping) -> None:
 
 def check_config(cfg: Mapping) -> None:
     """Check a resolved run config (``OmegaConf.to_container(cfg, resolve=True)``) before any work."""
-    if cfg.get("task", "train") == "train":
+    mode = cfg.get("mode", "train")
+    if mode not in MODES:
+        _fail("mode", f"one of {list(MODES)}", mode)
+    if mode == "train":
         check_rollout(cfg.get("rollout") or {})
         check_optimizer(cfg.get("optimizer") or {})
+        check_scheduler(cfg.get("scheduler") or {})
+        check_update(cfg.get("update") or {})
         check_trainer(cfg.get("trainer") or {})
         check_guard(cfg.get("guard") or {})
-    elif cfg.get("task") in ("eval", "generate"):
+    elif mode in ("eval", "generate"):
         check_rollout(cfg.get("rollout") or {})
-    if cfg.get("task") == "eval":
+    if mode == "eval":
         check_sampling({k: v for k, v in (cfg.get("eval") or {}).items() if k in ("temperature", "top_p",
                         "max_new_tokens", "batch_size")}, "eval")  # fmt: skip
-    if cfg.get("task") == "generate":
+    if mode == "generate":
         check_sampling(cfg.get("generate") or {}, "generate")

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import resource
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from tbrm.io import write_json
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
-    """Learning-rate multiplier: linear warm-up, then cosine decay to ``min_ratio``."""
-
-    def schedule(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return schedule
 
 
 def resolve_device(device: str = "auto") -> str:

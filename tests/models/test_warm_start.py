@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from tbrm.data.arithmetic import ArithmeticTask
-from tbrm.models import resolve_policy
 from tbrm.models import warm_start as ws
 from tbrm.models.loading import load_model_and_tokenizer
+from tbrm.models.policy import resolve_policy
 
 ARCH = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "max_positions": 64}
 SFT = {"steps": 3, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "weight_decay": 0.0, "seed": 0}

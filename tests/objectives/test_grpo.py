@@ -1,35 +1,11 @@
-"""GRPO: group advantages, the clipped loss against hand-computed values, aggregation, config checks."""
+"""GRPO: the clipped loss against hand-computed values, aggregation, config checks."""
 
 import math
 
 import pytest
 import torch
 
-from tbrm.objectives import GRPO, group_advantages, grpo_loss
-
-
-def test_group_advantages_by_hand():
-    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
-    adv, zero_std = group_advantages(rewards, 4, "group", eps=0.0)
-    std = math.sqrt((0.75**2 + 3 * 0.25**2) / 3)  # unbiased std of [1, 0, 0, 0]
-    assert adv[:4].tolist() == pytest.approx([0.75 / std, -0.25 / std, -0.25 / std, -0.25 / std])
-    std2 = math.sqrt(4 * 0.25 / 3)
-    assert adv[4:].tolist() == pytest.approx([0.5 / std2, 0.5 / std2, -0.5 / std2, -0.5 / std2])
-    assert zero_std.tolist() == [False, False]
-    none, _ = group_advantages(rewards, 4, "none")
-    assert none.tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25, 0.5, 0.5, -0.5, -0.5])
-    batch, _ = group_advantages(rewards, 4, "batch", eps=0.0)
-    torch.testing.assert_close(batch, none / rewards.std())
-
-
-def test_ties_and_zero_variance_groups_get_zero_advantage():
-    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.5, 0.5, 1.0])
-    for scale in ("group", "batch", "none"):
-        adv, zero_std = group_advantages(rewards, 3, scale)
-        assert adv[:6].abs().max() == 0.0 and torch.isfinite(adv).all()
-        assert zero_std.tolist() == [True, True, False]
-    adv, _ = group_advantages(rewards, 3, "group")
-    assert adv[6] == adv[7] < 0 < adv[8]  # tied members share their advantage
+from tbrm.objectives import GRPO, grpo_loss
 
 
 def test_ratio_one_no_clipping_gives_minus_mean_advantage_plus_kl():
@@ -97,8 +73,8 @@ def test_beta_zero_needs_no_reference_and_grpo_rejects_bad_settings():
         GRPO(scale_rewards="max")
     with pytest.raises(ValueError, match="norm_length"):
         GRPO(loss_agg_mode="seq-mean-token-sum-norm", norm_length=None)
-    with pytest.raises(ValueError, match="num_iterations"):
-        GRPO(num_iterations=0)
+    with pytest.raises(ValueError, match="algorithm.epochs"):
+        GRPO(epochs=0)
 
 
 def test_prepare_then_loss_through_the_objective():
@@ -109,3 +85,40 @@ def test_prepare_then_loss_through_the_objective():
     exp["log_probs"] = exp["behavior_log_probs"] = torch.zeros(4, 3)
     loss, _ = objective.loss(exp)
     assert loss.item() == pytest.approx(0.0, abs=1e-6)  # advantages sum to zero within each group
+
+
+def test_dual_clip_caps_the_loss_of_negative_advantages_by_hand():
+    old = torch.zeros(1, 3)
+    log_probs = torch.log(torch.tensor([[5.0, 2.0, 0.5]])).requires_grad_()  # ratios 5, 2, 0.5
+    mask = torch.ones(1, 3)
+    plain, _ = grpo_loss(log_probs, old, torch.tensor([-1.0]), mask, epsilon=0.2)
+    assert plain.item() == pytest.approx((5.0 + 2.0 + 0.8) / 3)  # A < 0: -A * max(ratio, 0.8)
+    loss, metrics = grpo_loss(log_probs, old, torch.tensor([-1.0]), mask, epsilon=0.2, clip_ratio_c=3.0)
+    assert loss.item() == pytest.approx((3.0 + 2.0 + 0.8) / 3)  # the ratio-5 token is capped at c = 3
+    assert metrics["grpo/clip_frac_lower"].item() == pytest.approx(1 / 3)
+    loss.backward()
+    assert log_probs.grad[0, 0] == 0.0 and log_probs.grad[0, 1] == pytest.approx(2.0 / 3)
+    positive, _ = grpo_loss(log_probs.detach(), old, torch.tensor([1.0]), mask, epsilon=0.2, clip_ratio_c=3.0)
+    assert positive.item() == pytest.approx(-(1.2 + 1.2 + 0.5) / 3)  # A > 0: the dual clip does nothing
+    with pytest.raises(ValueError, match="clip_ratio_c must be a number > 1"):
+        GRPO(clip_ratio_c=1.0)
+
+
+def test_rloo_and_reinforce_pp_are_the_same_loss_with_their_own_estimator_and_prefix():
+    rewards, mask = torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.ones(4, 2)
+    rloo = GRPO(group_size=4, advantage="rloo", name="rloo")
+    exp = {"rewards": rewards, "mask": mask}
+    metrics = rloo.prepare(exp)
+    assert exp["advantages"].tolist() == pytest.approx([1.0, -1 / 3, -1 / 3, -1 / 3])
+    assert set(metrics) == {"rloo/advantage_abs_mean", "rloo/frac_zero_std"}
+    exp["log_probs"] = exp["behavior_log_probs"] = torch.zeros(4, 2)
+    loss, metrics = rloo.loss(exp)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6) and "rloo/clip_frac" in metrics
+    single = GRPO(group_size=1, advantage="reinforce_pp", name="reinforce_pp")  # one rollout per prompt
+    exp = {"rewards": torch.tensor([1.0, 0.0, 0.0, 1.0]), "mask": mask}
+    assert set(single.prepare(exp)) == {"reinforce_pp/advantage_abs_mean"}
+    assert exp["advantages"].tolist() == pytest.approx([1.0, -1.0, -1.0, 1.0], abs=1e-4)
+    with pytest.raises(ValueError, match="RLOO needs at least 2 completions per prompt"):
+        GRPO(group_size=1, advantage="rloo", name="rloo")
+    with pytest.raises(ValueError, match="advantage must be one of"):
+        GRPO(advantage="vtrace")

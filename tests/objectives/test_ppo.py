@@ -1,47 +1,10 @@
-"""PPO: GAE against a naive loop, value clipping, the loss at ratio 1, reward shaping, config checks."""
+"""PPO: value clipping, the loss at ratio 1, reward shaping, config checks."""
 
 import pytest
 import torch
 
-from tbrm.objectives import PPO, gae_advantages
-from tbrm.objectives.ppo import outcome_token_rewards, value_loss, whiten
-
-
-def naive_gae(rewards, values, length, gamma, lam):
-    """GAE for one trajectory of ``length`` tokens, written as the textbook double sum."""
-    adv = []
-    for t in range(length):
-        total = 0.0
-        for k in range(t, length):
-            next_v = values[k + 1] if k + 1 < length else 0.0
-            delta = rewards[k] + gamma * next_v - values[k]
-            total += (gamma * lam) ** (k - t) * delta
-        adv.append(total)
-    return adv
-
-
-@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8), (1.0, 1.0), (0.99, 0.0)])
-def test_gae_matches_a_naive_loop(gamma, lam):
-    torch.manual_seed(0)
-    lengths = [5, 2, 7, 1]
-    mask = torch.zeros(4, 7)
-    for i, n in enumerate(lengths):
-        mask[i, :n] = 1
-    rewards, values = torch.randn(4, 7), torch.randn(4, 7)
-    adv, ret = gae_advantages(rewards, values, mask, gamma, lam)
-    for i, n in enumerate(lengths):
-        expected = naive_gae(rewards[i].tolist(), values[i].tolist(), n, gamma, lam)
-        assert adv[i, :n].tolist() == pytest.approx(expected, abs=1e-5)
-        assert adv[i, n:].abs().sum() == 0 and ret[i, n:].abs().sum() == 0
-        torch.testing.assert_close(ret[i, :n], adv[i, :n] + values[i, :n])
-
-
-def test_gamma_one_lambda_one_is_return_to_go_minus_value():
-    rewards = torch.tensor([[0.0, 0.0, 1.0]])
-    values = torch.tensor([[0.2, 0.5, 0.7]])
-    adv, ret = gae_advantages(rewards, values, torch.ones(1, 3), 1.0, 1.0)
-    assert adv.tolist()[0] == pytest.approx([0.8, 0.5, 0.3])
-    assert ret.tolist()[0] == pytest.approx([1.0, 1.0, 1.0])
+from tbrm.objectives import PPO, outcome_token_rewards
+from tbrm.objectives.ppo import value_loss
 
 
 def test_value_clipping_by_hand():
@@ -115,12 +78,6 @@ def test_kl_as_a_loss_term():
     assert loss.item() == pytest.approx(0.2 * k3)
 
 
-def test_whiten_is_masked():
-    x = torch.tensor([[1.0, 3.0, 100.0]])
-    w = whiten(x, torch.tensor([[1.0, 1.0, 0.0]]))
-    assert w.tolist()[0] == pytest.approx([-1.0, 1.0, 0.0], abs=1e-4)
-
-
 def test_ppo_rejects_bad_settings_and_asks_for_a_critic():
     assert PPO().needs_critic and not PPO(beta=0.0).needs_reference
     with pytest.raises(ValueError, match="beta must be a number >= 0"):
@@ -131,7 +88,27 @@ def test_ppo_rejects_bad_settings_and_asks_for_a_critic():
         PPO(kl_penalty="both")
     with pytest.raises(ValueError, match="gamma and algorithm.lam"):
         PPO(lam=1.5)
-    with pytest.raises(ValueError, match="ppo_epochs"):
-        PPO(ppo_epochs=0)
+    with pytest.raises(ValueError, match="algorithm.epochs"):
+        PPO(epochs=0)
     with pytest.raises(ValueError, match="loss_agg_mode"):
         PPO(loss_agg_mode="mean")
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_entropy_bonus_is_aggregated_as_the_policy_loss_and_the_value_loss_is_its_own_term(mode):
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    entropy = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    zeros = torch.zeros(2, 3)
+    exp = {"mask": mask, "log_probs": zeros, "behavior_log_probs": zeros, "advantages": zeros, "entropy": entropy,
+           "values": zeros, "old_values": zeros, "returns": mask.clone()}  # fmt: skip
+    loss, metrics = PPO(beta=0.0, entropy_coef=0.1, loss_agg_mode=mode, norm_length=3).loss(exp)
+    bonus = {"token-mean": 10 / 4, "seq-mean-token-mean": (2 + 4) / 2, "seq-mean-token-sum-norm": (6 / 3 + 4 / 3) / 2}
+    value = 0.5 * 4 / 4  # 0.5 x (V - R)^2 = 0.5 on each of the 4 tokens: a token mean
+    assert metrics["ppo/value_loss"].item() == pytest.approx(value)
+    if mode == "token-mean":
+        assert loss.item() == pytest.approx(-0.1 * bonus[mode] + value)
+    else:  # the update weights each term by its own aggregation's share of the minibatch
+        assert set(loss) == {mode, "token-mean"}
+        assert loss[mode].item() == pytest.approx(-0.1 * bonus[mode]) and loss["token-mean"].item() == value
+    with pytest.raises(ValueError, match="clip_ratio_c must be a number > 1"):
+        PPO(clip_ratio_c=0.5)

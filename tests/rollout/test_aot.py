@@ -47,7 +47,7 @@ def alive(pid: int) -> bool:
 
 
 def test_the_compiler_child_dies_with_its_parent(tiny_model_dir, tmp_path):
-    env = {**os.environ, "TBRM_CACHE": str(tmp_path)}  # an empty package cache: the step is compiled now
+    env = {**os.environ, "TBRM_CACHE_DIR": str(tmp_path)}  # an empty package cache: the step is compiled now
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tiny_model_dir)], env=env)
     deadline, child = time.time() + 120, []
     while not child:

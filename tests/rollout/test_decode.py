@@ -203,7 +203,7 @@ def test_compiled_step_draws_what_the_eager_step_draws_and_compiles_once(model_a
     model = small(*ARCHITECTURES["qwen2-bias"], vocab=len(tokenizer))
     for layer in model.model.layers:
         torch.nn.init.normal_(layer.self_attn.k_proj.bias, std=0.5)
-    monkeypatch.setenv("TBRM_CACHE", str(tmp_path))
+    monkeypatch.setenv("TBRM_CACHE_DIR", str(tmp_path))
     lean_step.compiled_step.cache_clear()
     builds = []  # our compilations in a child process (inductor runs commands of its own)
     real_run = subprocess.run
@@ -235,7 +235,7 @@ def test_a_failed_ahead_of_time_compilation_names_the_fallback(model_and_tokeniz
     from tbrm.rollout import aot, lean_step
 
     model, tokenizer = model_and_tokenizer
-    monkeypatch.setenv("TBRM_CACHE", str(tmp_path))
+    monkeypatch.setenv("TBRM_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(aot, "_FAILED", {})
     lean_step.compiled_step.cache_clear()
     failed = subprocess.CompletedProcess([], 1, stdout="", stderr="g++: command not found")

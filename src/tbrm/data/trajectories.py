@@ -1,5 +1,5 @@
 """Off-policy trajectories: the record, a crash-safe writer, a reader, generation, a dump
-callback, and the conversion to the :class:`~tbrm.rollout.hf.RolloutBatch` the module trains on.
+callback, and the conversion to the :class:`~tbrm.rollout.batch.RolloutBatch` the module trains on.
 
 A trajectory record (one row per completion; jsonl or parquet)::
 
@@ -121,7 +121,7 @@ def check_stored(records: list[dict], objective, temperature: float, where: str)
         raise ValueError(
             f"{objective.name} needs the behaviour log-probs of every trajectory for its ratios, but "
             f"{missing} of {len(records)} {where} have none; dump rollouts from a run (callbacks.rollout_dump) "
-            "or use task=generate, which store them, or train with algorithm=tbrm."
+            "or use mode=generate, which store them, or train with algorithm=tbrm."
         )
     other = {r["temperature"] for r in records if r.get("temperature") not in (None, temperature)}
     if other:
@@ -233,7 +233,7 @@ def to_rollout_batch(records: list[dict], tokenizer, device=None):
     """A ``RolloutBatch`` of ``records``: prompts tokenized as generation does (left-padded),
     completions from ``completion_ids`` when given (else the text, plus EOS when ``finished``),
     behaviour log-probs where known (zeros otherwise; ``has_behavior`` says which)."""
-    from tbrm.rollout.hf import RolloutBatch
+    from tbrm.rollout.batch import RolloutBatch
 
     enc = tokenizer([r["prompt"] for r in records], return_tensors="pt", padding=True)
     completions = []
@@ -295,7 +295,7 @@ def generate_trajectories(
     from tqdm import tqdm
 
     from tbrm.rewards.scoring import score
-    from tbrm.rollout.hf import generate_rollouts
+    from tbrm.rollout.engine import generate_rollouts
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1 or batch_size < n:
         raise ValueError(f"generate.n must be >= 1 and generate.batch_size >= generate.n (got {n}, {batch_size}).")
@@ -338,11 +338,9 @@ class RolloutDump(Callback):
         self.written = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        generated = getattr(pl_module, "last_generated", None)
-        if not self.enabled or generated is None:
+        generated = pl_module.source.take_generated() if self.enabled else None  # the step's fresh ones
+        if generated is None:
             return
-        rollout, rewards, step = generated
-        records = records_from_rollout(rollout, rewards.tolist(), **pl_module._record_meta(step))
+        records, step = generated
         self.writer.write(records, step=step, rank=trainer.global_rank)
         self.written += len(records)
-        pl_module.last_generated = None

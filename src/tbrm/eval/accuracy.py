@@ -8,7 +8,7 @@ from math import comb
 import torch
 
 from tbrm.rewards.scoring import score
-from tbrm.rollout.hf import generate_rollouts
+from tbrm.rollout.engine import generate_rollouts
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

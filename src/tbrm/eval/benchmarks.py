@@ -4,7 +4,7 @@ Each benchmark is a :class:`tbrm.data.hub.MathSource` (hub name or local file); 
 rendered with the prompt template and scored by the evaluation's reward (Math-Verify for the math
 sets). The protocol follows the TBRM paper's evaluation: greedy decoding for avg@1, ``n_samples``
 completions at the sampling temperature for avg@k, and pass@k by the unbiased estimator
-(Chen et al., 2021, Eq. 1). The same evaluation runs after training (``task=eval``) and during
+(Chen et al., 2021, Eq. 1). The same evaluation runs after training (``mode=eval``) and during
 training at every Lightning validation (:class:`BenchmarkEvaluation`).
 """
 
@@ -150,7 +150,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 def flatten(results: dict[str, dict[str, float]], prefix: str = "eval") -> dict[str, float]:
     """``{"<prefix>/<benchmark>/<metric>": value}``: the names logged to W&B and CSV (``eval/`` by
-    ``task=eval``, ``val/`` during training)."""
+    ``mode=eval``, ``val/`` during training)."""
     return {f"{prefix}/{name}/{key}": value for name, row in results.items() for key, value in row.items()}
 
 

@@ -3,7 +3,7 @@
 RL sharpens what a model can already sometimes do, so the tiny model first learns the task's
 solution format by SFT. The result is cached on disk under a key derived from everything that
 determines it (task, architecture, SFT settings), and later runs reuse it. Run it on its own with
-``python run.py task=sft``.
+``python run.py mode=sft``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from tbrm.eval.accuracy import evaluate_accuracy
 from tbrm.models.tiny import build_char_tokenizer, build_tiny_model
+from tbrm.optim import warmup_cosine
 from tbrm.rewards.exact import exact_number_reward
-from tbrm.utils import warmup_cosine
 
 FORMAT_VERSION = 1
 

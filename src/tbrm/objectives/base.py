@@ -4,7 +4,10 @@ An objective is a small dataclass built by Hydra from ``conf/algorithm/<name>.ya
 what an update needs (a frozen reference, a critic, log-probs at the sampling temperature) and
 how often to update per rollout batch; ``prepare`` adds batch-level quantities (advantages,
 returns) to the experience once per rollout batch, and ``loss`` maps one micro-batch of
-experience to ``(loss, metrics)`` through the pure tensor functions of its module.
+experience to ``(loss, metrics)`` through the pure tensor functions of its module; ``loss`` is a
+scalar aggregated with ``loss_agg_mode``, or a dict ``{aggregation mode: scalar}`` when its terms
+aggregate differently (PPO's token-mean value loss), so that ``tbrm.update`` weights each term
+by the micro-batch's share of the minibatch under its own mode.
 
 Experience keys (tensors of shape (batch, response_len) unless noted):
     ``mask``, ``rewards`` (batch,), ``behavior_log_probs``: from the rollout;
@@ -38,19 +41,22 @@ def check_choice(owner: str, name: str, value, choices: tuple[str, ...]) -> None
         raise ValueError(f"algorithm.{name} must be one of {list(choices)} for {owner} (got {value!r}).")
 
 
-def check_policy_gradient(owner: str, obj, epochs_key: str) -> None:
-    """The settings GRPO and PPO share: beta >= 0, the clip range, the loss aggregation, the
-    number of passes and minibatches per rollout batch."""
+def check_policy_gradient(owner: str, obj) -> None:
+    """The settings GRPO and PPO share: beta >= 0, the clip range (and the dual clip), the loss
+    aggregation, the number of passes and minibatches per rollout batch."""
     from tbrm.objectives.common import LOSS_AGG_MODES
 
     check_number(owner, "beta", obj.beta, low=0, strict=False, hint=" Use 0 for no KL term.")
     check_number(owner, "epsilon", obj.epsilon, low=0, hint=" The clip range is [1 - epsilon, 1 + epsilon_high].")
     if obj.epsilon_high is not None:
         check_number(owner, "epsilon_high", obj.epsilon_high, low=0)
+    if obj.clip_ratio_c is not None:
+        check_number(owner, "clip_ratio_c", obj.clip_ratio_c, low=1, hint=" The dual clip caps -A * ratio at -c * A; "
+                     "verl uses 3.0, null turns it off.")  # fmt: skip
     check_choice(owner, "loss_agg_mode", obj.loss_agg_mode, LOSS_AGG_MODES)
     if obj.loss_agg_mode == "seq-mean-token-sum-norm":
         check_number(owner, "norm_length", obj.norm_length, low=0, hint=" Set it to rollout.max_new_tokens.")
-    for key in (epochs_key, "num_minibatches"):
+    for key in ("epochs", "num_minibatches"):
         value = getattr(obj, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"algorithm.{key} must be an integer >= 1 for {owner} (got {value!r}).")
@@ -76,6 +82,12 @@ class Objective(ABC):
     @property
     def needs_reference(self) -> bool:
         return False
+
+    @property
+    def metric_modes(self) -> dict[str, str]:
+        """Metrics aggregated otherwise than ``loss_agg_mode`` (the update weights each micro-batch's
+        value by its share of the minibatch under this mode). Default: none."""
+        return {}
 
     @property
     def needs_entropy_grad(self) -> bool:

@@ -93,16 +93,26 @@ def clipped_surrogate(
     advantages: torch.Tensor,
     epsilon_low: float,
     epsilon_high: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    clip_ratio_c: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """PPO's clipped policy-gradient loss per token (Schulman et al. 2017, Eq. 7), negated.
 
     ``-min(ratio * A, clip(ratio, 1 - epsilon_low, 1 + epsilon_high) * A)`` with
-    ``ratio = exp(log_probs - old_log_probs)``; ``advantages`` broadcast against the tokens.
-    Returns ``(loss_mat, ratio, clipped)``; ``clipped`` is 1 where the clipped term was chosen.
+    ``ratio = exp(log_probs - old_log_probs)``; ``advantages`` broadcast against the tokens. With
+    ``clip_ratio_c`` (dual-clip PPO, Ye et al. 2020, arXiv 1912.09729, Eq. 5, as verl), the loss of
+    a token with a negative advantage is at most ``-clip_ratio_c * A``, so one huge ratio cannot
+    dominate the batch. Returns ``(loss_mat, ratio, clipped, clipped_lower)``: ``clipped`` is 1
+    where the clipped term was chosen, ``clipped_lower`` where the dual clip bound (0 without it).
     """
     log_ratio = (log_probs.float() - old_log_probs.float()).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - epsilon_low, 1.0 + epsilon_high) * advantages
     loss_mat = -torch.minimum(unclipped, clipped)
-    return loss_mat, ratio.detach(), (clipped < unclipped).float()
+    lower = torch.zeros_like(loss_mat)
+    if clip_ratio_c is not None:
+        cap = -clip_ratio_c * advantages * torch.ones_like(loss_mat)
+        negative = (advantages < 0) & (loss_mat > cap)
+        lower = negative.float()
+        loss_mat = torch.where(negative, cap, loss_mat)
+    return loss_mat, ratio.detach(), (clipped < unclipped).float(), lower

@@ -1,15 +1,11 @@
 """Group Relative Policy Optimization (Shao et al., DeepSeekMath, arXiv 2402.03300), with the
-variants researchers use (Dr. GRPO, arXiv 2503.20783; DAPO, arXiv 2503.14476).
+variants researchers use (Dr. GRPO, arXiv 2503.20783; DAPO's clip-higher, arXiv 2503.14476; dual
+clip), and the critic-free estimators that share its loss: RLOO (arXiv 2402.14740) and
+REINFORCE++ (arXiv 2501.03262), as ``algorithm.advantage`` (verl's ``adv_estimator``).
 
-G completions per prompt; each completion's advantage is its reward relative to its group
-(DeepSeekMath, Sec. 4.1.2, outcome supervision):
-
-    A_i = (r_i - mean(r_group)) / (std(r_group) + eps)          scale_rewards = group
-    A_i = (r_i - mean(r_group)) / (std(r_batch) + eps)          scale_rewards = batch
-    A_i =  r_i - mean(r_group)                                  scale_rewards = none (Dr. GRPO)
-
-and every token of the completion shares it. The loss (DeepSeekMath, Eq. 3) is the clipped
-surrogate against the behaviour policy plus a k3 estimate of the KL to the reference (Eq. 4):
+Each completion gets one advantage from ``tbrm.objectives.advantages`` (GRPO: its reward relative
+to its group, DeepSeekMath Sec. 4.1.2) shared by its tokens. The loss (DeepSeekMath, Eq. 3) is the
+clipped surrogate against the behaviour policy plus a k3 estimate of the KL to the reference (Eq. 4):
 
     L = agg_{i,t} [ -min(rho_{i,t} A_i, clip(rho_{i,t}, 1 - eps_low, 1 + eps_high) A_i)
                     + beta * (pi_ref / pi_theta - log(pi_ref / pi_theta) - 1) ]
@@ -24,33 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from tbrm.objectives.advantages import ADVANTAGES, SCALE_REWARDS, group_advantages
 from tbrm.objectives.base import Experience, Objective, check_choice, check_number, check_policy_gradient
 from tbrm.objectives.common import aggregate_loss, clipped_surrogate, kl_estimate, masked_mean
 
-SCALE_REWARDS = ("group", "batch", "none")
-
-
-def group_advantages(
-    rewards: torch.Tensor, group_size: int, scale_rewards: str = "group", eps: float = 1e-4
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group-relative advantages of ``rewards`` (batch,), rows grouped as ``i*G .. i*G+G-1``.
-
-    The standard deviation is the unbiased one (as ``torch.std``, TRL and verl). A group whose
-    rewards are all equal gets advantage 0 for every member whatever the scaling.
-    Returns ``(advantages (batch,), zero_std (num_groups,) bool)``.
-    """
-    if rewards.numel() % group_size:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}.")
-    grouped = rewards.float().view(-1, group_size)
-    centered = grouped - grouped.mean(1, keepdim=True)
-    std = grouped.std(1, keepdim=True) if group_size > 1 else torch.zeros_like(centered[:, :1])
-    if scale_rewards == "group":
-        centered = centered / (std + eps)
-    elif scale_rewards == "batch":
-        centered = centered / (rewards.float().std() + eps)
-    elif scale_rewards != "none":
-        raise ValueError(f"unknown scale_rewards {scale_rewards!r}; choose one of {SCALE_REWARDS}.")
-    return centered.reshape(-1), std.squeeze(1) == 0
+DISPLAY = {"grpo": "GRPO", "rloo": "RLOO", "reinforce_pp": "REINFORCE++"}
 
 
 def grpo_loss(
@@ -61,10 +35,12 @@ def grpo_loss(
     *,
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
+    clip_ratio_c: float | None = None,
     beta: float = 0.0,
     ref_log_probs: torch.Tensor | None = None,
     loss_agg_mode: str = "token-mean",
     norm_length: int | None = None,
+    prefix: str = "grpo",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss of one (micro-)batch (DeepSeekMath, Eq. 3 with the Eq. 4 KL term).
 
@@ -75,13 +51,15 @@ def grpo_loss(
         mask: 1 on completion tokens, (batch, response_len).
         epsilon, epsilon_high: the clip range [1 - epsilon, 1 + epsilon_high] (``epsilon_high``
             None: symmetric; DAPO's clip-higher uses e.g. 0.28).
+        clip_ratio_c: dual clip (``objectives.common.clipped_surrogate``); None: off.
         beta: coefficient of the k3 KL estimate to the reference; 0 skips it (no reference).
         ref_log_probs: log pi_ref of the tokens, needed when ``beta > 0``.
         loss_agg_mode, norm_length: see ``objectives.common.aggregate_loss``.
+        prefix: of the metrics' names (the algorithm's).
     """
     eps_high = epsilon if epsilon_high is None else epsilon_high
-    pg_mat, ratio, clipped = clipped_surrogate(
-        log_probs, behavior_log_probs, advantages.float()[:, None], epsilon, eps_high
+    pg_mat, ratio, clipped, lower = clipped_surrogate(
+        log_probs, behavior_log_probs, advantages.float()[:, None], epsilon, eps_high, clip_ratio_c
     )
     loss_mat = pg_mat
     metrics = {}
@@ -90,78 +68,86 @@ def grpo_loss(
             raise ValueError("grpo_loss: beta > 0 needs ref_log_probs.")
         kl_mat = kl_estimate(log_probs, ref_log_probs, "k3")
         loss_mat = loss_mat + beta * kl_mat
-        metrics["grpo/kl_k3"] = masked_mean(kl_mat.detach(), mask)
+        metrics[f"{prefix}/kl_k3"] = masked_mean(kl_mat.detach(), mask)
     loss = aggregate_loss(loss_mat, mask, loss_agg_mode, norm_length)
-    metrics.update(
-        {
-            "grpo/pg_loss": aggregate_loss(pg_mat.detach(), mask, loss_agg_mode, norm_length),
-            "grpo/clip_frac": masked_mean(clipped, mask),
-            "grpo/ratio_mean": masked_mean(ratio, mask),
-        }
-    )
+    metrics[f"{prefix}/pg_loss"] = aggregate_loss(pg_mat.detach(), mask, loss_agg_mode, norm_length)
+    metrics[f"{prefix}/clip_frac"] = masked_mean(clipped, mask)
+    metrics[f"{prefix}/ratio_mean"] = masked_mean(ratio, mask)
+    if clip_ratio_c is not None:
+        metrics[f"{prefix}/clip_frac_lower"] = masked_mean(lower, mask)
     return loss, metrics
 
 
 @dataclass
 class GRPO(Objective):
-    """GRPO as a pluggable objective.
+    """The critic-free policy-gradient objective: GRPO, and RLOO or REINFORCE++ by ``advantage``.
 
     Attributes:
-        group_size: completions per prompt (``${rollout.n}`` in the config); must be >= 2.
+        group_size: completions per prompt (``${rollout.n}`` in the config): >= 2 for GRPO and RLOO.
         beta: k3 KL coefficient (>= 0); 0 loads no reference model.
         epsilon, epsilon_high: clip range; ``epsilon_high`` null means ``epsilon``.
-        scale_rewards: ``group`` | ``batch`` | ``none``.
+        clip_ratio_c: dual-clip bound (> 1) for negative advantages; null: off.
+        advantage: the estimator, a key of ``objectives.advantages.ADVANTAGES``:
+            ``grpo`` | ``rloo`` | ``reinforce_pp``.
+        scale_rewards: ``group`` | ``batch`` | ``none`` (Dr. GRPO), for ``advantage=grpo``.
         loss_agg_mode: ``token-mean`` | ``seq-mean-token-mean`` | ``seq-mean-token-sum-norm``.
         norm_length: the constant of ``seq-mean-token-sum-norm`` (``${rollout.max_new_tokens}``).
-        num_iterations: optimizer passes over each rollout batch (the ratio leaves 1 after the first).
+        epochs: optimizer passes over each rollout batch (the ratio leaves 1 after the first).
         num_minibatches: optimizer steps per pass.
         advantage_eps: added to the standard deviation.
         skip_zero_advantage: with beta = 0, a completion whose advantage is 0 (every member of a
             group with equal rewards) adds exactly nothing to the loss or its gradient (Eq. 3:
-            both terms of the min are 0), so the update skips its backward pass; its logged
-            metrics come from the log-probs and entropies the rollout recorded while sampling
-            (one update per rollout: the policy is still the sampler), else from a forward pass
-            without grad. The loss keeps its normaliser, so the gradient is unchanged.
+            both terms of the min are 0), so the update skips its backward pass (``tbrm.update``).
+            The loss keeps its normaliser, so the gradient is unchanged.
+        name: the algorithm's name: its W&B tag and the prefix of its metrics.
     """
 
     group_size: int = 4
     beta: float = 0.0
     epsilon: float = 0.2
     epsilon_high: float | None = None
+    clip_ratio_c: float | None = None
+    advantage: str = "grpo"
     scale_rewards: str = "group"
     loss_agg_mode: str = "token-mean"
     norm_length: int | None = None
-    num_iterations: int = 1
+    epochs: int = 1
     num_minibatches: int = 1
     advantage_eps: float = 1e-4
     skip_zero_advantage: bool = True
+    name: str = "grpo"
 
-    name = "grpo"
     needs_behavior_log_probs = True
     temperature_scaled = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.group_size, int) or self.group_size < 2:
+        owner = DISPLAY.get(self.name, self.name)
+        check_choice(owner, "advantage", self.advantage, tuple(ADVANTAGES))
+        least = ADVANTAGES[self.advantage].min_group
+        if not isinstance(self.group_size, int) or self.group_size < least:
             raise ValueError(
-                f"GRPO needs at least 2 completions per prompt to form a group (rollout.n={self.group_size!r}); "
-                "set rollout.n=4 (or more), or use algorithm=tbrm, which works with one."
+                f"{owner} needs at least {least} completions per prompt to form a group "
+                f"(rollout.n={self.group_size!r}); set rollout.n=4 (or more), or use algorithm=tbrm, which works "
+                "with one."
             )
-        check_policy_gradient("GRPO", self, "num_iterations")
-        check_choice("GRPO", "scale_rewards", self.scale_rewards, SCALE_REWARDS)
-        check_number("GRPO", "advantage_eps", self.advantage_eps, low=0, strict=False)
+        check_policy_gradient(owner, self)
+        check_choice(owner, "scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        check_number(owner, "advantage_eps", self.advantage_eps, low=0, strict=False)
 
     @property
     def needs_reference(self) -> bool:
         return self.beta > 0
 
-    @property
-    def epochs(self) -> int:
-        return self.num_iterations
-
     def prepare(self, exp: Experience) -> dict[str, torch.Tensor]:
-        advantages, zero_std = group_advantages(exp["rewards"], self.group_size, self.scale_rewards, self.advantage_eps)
+        options = {"scale_rewards": self.scale_rewards, "advantage_eps": self.advantage_eps}
+        advantages = ADVANTAGES[self.advantage].fn(exp["rewards"], exp["mask"], self.group_size, options)
         exp["advantages"] = advantages
-        return {"grpo/frac_zero_std": zero_std.float().mean(), "grpo/advantage_abs_mean": advantages.abs().mean()}
+        # groups whose rewards are all equal (with groups of one: every completion)
+        _, zero_std = group_advantages(exp["rewards"], self.group_size, "none")
+        metrics = {f"{self.name}/advantage_abs_mean": advantages.abs().mean()}
+        if self.group_size > 1:
+            metrics[f"{self.name}/frac_zero_std"] = zero_std.float().mean()
+        return metrics
 
     def inert_rows(self, exp: Experience) -> torch.Tensor | None:
         if not self.skip_zero_advantage or self.beta > 0:
@@ -176,8 +162,10 @@ class GRPO(Objective):
             exp["mask"],
             epsilon=self.epsilon,
             epsilon_high=self.epsilon_high,
+            clip_ratio_c=self.clip_ratio_c,
             beta=self.beta,
             ref_log_probs=exp.get("ref_log_probs"),
             loss_agg_mode=self.loss_agg_mode,
             norm_length=self.norm_length,
+            prefix=self.name,
         )

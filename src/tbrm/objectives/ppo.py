@@ -15,7 +15,10 @@ critic's values V_phi(s_t), with V after the last token 0:
 then whitened over the batch. The policy loss is PPO's clipped surrogate (PPO, Eq. 7) and the
 value loss the clipped squared error 0.5 * max((V - R)^2, (clip(V, V_old +- c) - R)^2), as in
 the PPO2 baselines and verl. With ``kl_penalty=loss`` the KL enters as a loss term
-``beta * KL_estimate`` instead (the GRPO style); ``entropy_coef`` adds an entropy bonus.
+``beta * KL_estimate`` instead (the GRPO style); ``entropy_coef`` adds an entropy bonus,
+aggregated as the policy loss is (``loss_agg_mode``). The value loss is always a token mean over
+the minibatch, whatever ``loss_agg_mode``: ``loss`` returns it as its own term, so the critic's
+gradient does not depend on how the minibatch is split into micro-batches.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tbrm.objectives.advantages import gae_advantages, outcome_token_rewards, whiten
 from tbrm.objectives.base import Experience, Objective, check_choice, check_number, check_policy_gradient
 from tbrm.objectives.common import (
     KL_ESTIMATORS,
@@ -35,48 +39,6 @@ from tbrm.objectives.common import (
 )
 
 KL_PENALTIES = ("reward", "loss")
-
-
-def outcome_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Place each trajectory's outcome reward (batch,) on its last completion token."""
-    mask = mask.float()
-    last = (mask.sum(1).long() - 1).clamp(min=0)
-    token_rewards = torch.zeros_like(mask)
-    token_rewards[torch.arange(mask.shape[0], device=mask.device), last] = rewards.float()
-    return token_rewards * mask
-
-
-def gae_advantages(
-    token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over right-padded completions (GAE, Eq. 16).
-
-    Args:
-        token_rewards, values, mask: (batch, response_len); ``mask`` is 1 on a prefix of each row.
-    Returns:
-        ``(advantages, returns)``, both (batch, response_len) and 0 on padding; returns = A + V.
-    """
-    mask = mask.float()
-    values = values.float() * mask
-    token_rewards = token_rewards.float() * mask
-    length = mask.shape[1]
-    advantages = torch.zeros_like(values)
-    running = torch.zeros_like(values[:, 0])
-    for t in reversed(range(length)):
-        next_mask = mask[:, t + 1] if t + 1 < length else torch.zeros_like(running)
-        next_value = values[:, t + 1] * next_mask if t + 1 < length else torch.zeros_like(running)
-        delta = token_rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * next_mask * running
-        advantages[:, t] = running
-    advantages = advantages * mask
-    return advantages, (advantages + values) * mask
-
-
-def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Shift and scale ``values`` to mean 0, variance 1 over the masked positions; 0 on padding."""
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean).pow(2), mask)
-    return (values - mean) * torch.rsqrt(var + eps) * mask
 
 
 def value_loss(
@@ -105,10 +67,11 @@ class PPO(Objective):
         kl_estimator: estimator of the ``loss`` form, ``k1`` | ``k2`` | ``k3``.
         gamma, lam: GAE discount and lambda.
         epsilon, epsilon_high: policy clip range; ``epsilon_high`` null means ``epsilon``.
+        clip_ratio_c: dual-clip bound (> 1) for negative advantages; null: off.
         value_clip: clip range of the value loss (null: none).
         entropy_coef: entropy bonus coefficient.
         whiten_advantages: normalise advantages over the batch.
-        ppo_epochs, num_minibatches: passes over each rollout batch and steps per pass.
+        epochs, num_minibatches: passes over each rollout batch and steps per pass.
         loss_agg_mode, norm_length: aggregation of the policy loss (``objectives.common``).
         critic_lr: the critic's learning rate (its own AdamW, same schedule as the policy).
     """
@@ -120,10 +83,11 @@ class PPO(Objective):
     lam: float = 0.95
     epsilon: float = 0.2
     epsilon_high: float | None = None
+    clip_ratio_c: float | None = None
     value_clip: float | None = 0.2
     entropy_coef: float = 0.0
     whiten_advantages: bool = True
-    ppo_epochs: int = 1
+    epochs: int = 1
     num_minibatches: int = 1
     loss_agg_mode: str = "token-mean"
     norm_length: int | None = None
@@ -135,7 +99,7 @@ class PPO(Objective):
     temperature_scaled = True
 
     def __post_init__(self) -> None:
-        check_policy_gradient("PPO", self, "ppo_epochs")
+        check_policy_gradient("PPO", self)
         check_choice("PPO", "kl_penalty", self.kl_penalty, KL_PENALTIES)
         check_choice("PPO", "kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         check_number("PPO", "gamma", self.gamma, low=0, strict=False)
@@ -156,8 +120,8 @@ class PPO(Objective):
         return self.entropy_coef > 0
 
     @property
-    def epochs(self) -> int:
-        return self.ppo_epochs
+    def metric_modes(self) -> dict[str, str]:
+        return {"ppo/value_loss": "token-mean", "ppo/value_clip_frac": "token-mean"}
 
     def prepare(self, exp: Experience) -> dict[str, torch.Tensor]:
         mask = exp["mask"].float()
@@ -179,15 +143,15 @@ class PPO(Objective):
         )
         return metrics
 
-    def loss(self, exp: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        mask = exp["mask"]
+    def loss(self, exp: Experience) -> tuple[torch.Tensor | dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        mask, mode = exp["mask"], self.loss_agg_mode
         eps_high = self.epsilon if self.epsilon_high is None else self.epsilon_high
-        pg_mat, ratio, clipped = clipped_surrogate(
-            exp["log_probs"], exp["behavior_log_probs"], exp["advantages"], self.epsilon, eps_high
+        pg_mat, ratio, clipped, lower = clipped_surrogate(
+            exp["log_probs"], exp["behavior_log_probs"], exp["advantages"], self.epsilon, eps_high, self.clip_ratio_c
         )
-        pg_loss = aggregate_loss(pg_mat, mask, self.loss_agg_mode, self.norm_length)
+        pg_loss = aggregate_loss(pg_mat, mask, mode, self.norm_length)
         v_loss, v_clip_frac = value_loss(exp["values"], exp["old_values"], exp["returns"], mask, self.value_clip)
-        loss = pg_loss + v_loss  # the critic has its own optimizer, so no value-loss coefficient
+        policy = pg_loss
         metrics = {
             "ppo/pg_loss": pg_loss.detach(),
             "ppo/value_loss": v_loss.detach(),
@@ -195,16 +159,17 @@ class PPO(Objective):
             "ppo/clip_frac": masked_mean(clipped, mask),
             "ppo/ratio_mean": masked_mean(ratio, mask),
         }
+        if self.clip_ratio_c is not None:
+            metrics["ppo/clip_frac_lower"] = masked_mean(lower, mask)
         if self.entropy_coef > 0:
-            entropy = masked_mean(exp["entropy"], mask)
-            loss = loss - self.entropy_coef * entropy
+            policy = policy - self.entropy_coef * aggregate_loss(exp["entropy"], mask, mode, self.norm_length)
         if self.beta > 0 and self.kl_penalty == "loss":
             kl = aggregate_loss(
-                kl_estimate(exp["log_probs"], exp["ref_log_probs"], self.kl_estimator),
-                mask,
-                self.loss_agg_mode,
-                self.norm_length,
+                kl_estimate(exp["log_probs"], exp["ref_log_probs"], self.kl_estimator), mask, mode, self.norm_length
             )
-            loss = loss + self.beta * kl
+            policy = policy + self.beta * kl
             metrics["ppo/kl_loss"] = kl.detach()
-        return loss, metrics
+        # the critic has its own optimizer, so no value-loss coefficient
+        if mode == "token-mean":
+            return policy + v_loss, metrics
+        return {mode: policy, "token-mean": v_loss}, metrics

@@ -1,5 +1,6 @@
-"""Sampling from the policy."""
+"""Sampling from the policy: ``RolloutBatch``, the engines behind one interface, the step's data source."""
 
-from tbrm.rollout.hf import RolloutBatch, completion_logprobs, completion_mask_from_ids, generate_rollouts
+from tbrm.rollout.batch import RolloutBatch, completion_mask_from_ids
+from tbrm.rollout.engine import ENGINES, RolloutEngine, generate_rollouts, make_engine
 
-__all__ = ["RolloutBatch", "completion_logprobs", "completion_mask_from_ids", "generate_rollouts"]
+__all__ = ["ENGINES", "RolloutBatch", "RolloutEngine", "completion_mask_from_ids", "generate_rollouts", "make_engine"]

@@ -83,8 +83,10 @@ def build_package(spec: dict, path: str) -> None:
 
 
 def package_dir() -> Path:
-    """Where compiled decode steps are kept: ``$TBRM_CACHE/aoti`` (default ``~/.cache/tbrm``)."""
-    return Path(os.environ.get("TBRM_CACHE", Path.home() / ".cache" / "tbrm")) / "aoti"
+    """Where compiled decode steps are kept: ``aoti/`` under the project's one cache root,
+    ``$TBRM_CACHE_DIR`` (default ``~/.cache/tbrm``, as ``paths.cache_dir``). They depend only on
+    the architecture, so every run on the machine shares them whatever its ``paths.cache_dir``."""
+    return Path(os.environ.get("TBRM_CACHE_DIR") or Path.home() / ".cache" / "tbrm") / "aoti"
 
 
 @functools.cache

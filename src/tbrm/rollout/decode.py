@@ -1,4 +1,5 @@
-"""A lean sampling loop over the model's own forward: ``rollout.engine=compact``.
+"""A lean sampling loop over the model's own forward: the loop of ``rollout.engine=compact``,
+``compiled`` and ``auto`` (``tbrm.rollout.compact``, ``tbrm.rollout.compiled``).
 
 Plain HF ``generate`` spends most of a small model's rollout on two kinds of waste, both
 measured in ``benchmarks/README.md``:
@@ -26,39 +27,14 @@ once per machine, by AOTInductor (``rollout.engine=compiled``, ``tbrm.rollout.ao
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from tbrm.models.forward import accepts_logits_to_keep, cache_argument
+from tbrm.rollout.batch import RolloutStats
 from tbrm.rollout.cache import PreallocatedLayer
 from tbrm.rollout.lean_step import LeanStep
-
-
-@dataclass
-class RolloutStats:
-    """What ``tbrm.rollout.hf.completion_logprobs`` would return for a rollout's tokens under the
-    policy that drew them, computed from the logits the rollout already has (no extra forward):
-    ``log_probs`` and ``entropy`` (rows, steps) of the tempered distribution before top-p (0 after
-    EOS), ``initial_value`` (rows,) the logsumexp of the raw logits after the prompt, at
-    ``temperature``. Equal to the forward pass's up to float rounding while the policy has not
-    changed since the rollout."""
-
-    log_probs: torch.Tensor
-    entropy: torch.Tensor
-    initial_value: torch.Tensor
-    temperature: float
-
-    def to(self, device) -> RolloutStats:
-        move = (t.to(device) for t in (self.log_probs, self.entropy, self.initial_value))
-        return RolloutStats(*move, self.temperature)
-
-    def select(self, rows: torch.Tensor, steps: int) -> RolloutStats:
-        """Rows ``rows`` (an index tensor), the first ``steps`` steps."""
-        pick = (self.log_probs[rows, :steps], self.entropy[rows, :steps], self.initial_value[rows])
-        return RolloutStats(*pick, self.temperature)
 
 
 def preallocated_cache(model, capacity: int) -> DynamicCache:
@@ -97,7 +73,7 @@ def sample_tokens(
     ``TopPLogitsWarper`` and multinomial draw, so the random stream is consumed identically.
     With ``with_stats``, also the token's log-probability and the entropy under the tempered
     distribution before top-p, ``log softmax(z / T)`` and ``H(softmax(z / T))`` (``T``: 1 when
-    greedy): what an update's forward pass computes for that token (``completion_logprobs``).
+    greedy): what an update's forward pass computes for that token (``tbrm.models.forward.completion_logprobs``).
     """
     scores = logits.float()
     if not greedy and temperature != 1.0:
@@ -121,17 +97,6 @@ def sample_tokens(
     if not with_stats:
         return tokens, log_probs
     return tokens, log_probs, picked - lse, lse - (probs * scores).sum(-1)
-
-
-def accepts_logits_to_keep(model) -> bool:
-    """The model's forward can skip the LM head on all but the last positions."""
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
-def cache_argument(model) -> str:
-    """The name the model's forward takes its KV cache by (``cache`` in recent transformers,
-    which still accepts ``past_key_values`` with a deprecation warning)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()

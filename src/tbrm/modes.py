@@ -1,4 +1,4 @@
-"""What ``run.py`` does besides training: ``task=eval`` (the benchmark table) and ``task=generate``
+"""What ``run.py`` does besides training: ``mode=eval`` (the benchmark table) and ``mode=generate``
 (a trajectory file). Each takes the composed config; Hydra is imported only where they run."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from tbrm.eval import evaluate_benchmarks, flatten, format_table, with_local_files
 from tbrm.io import write_json, write_text
-from tbrm.models import load_options
 from tbrm.models.loading import load_model_and_tokenizer
+from tbrm.models.policy import load_options
 from tbrm.utils import build_loggers, finish_loggers, resolve_device
 
 log = logging.getLogger("tbrm")
@@ -40,7 +40,7 @@ def eval_settings(cfg: DictConfig, names: list[str] | None = None) -> tuple[dict
 
 
 def evaluate(cfg: DictConfig, policy_path: str, group: str | None = None) -> float:
-    """task=eval: the per-benchmark table of ``cfg.eval`` for the policy, printed, saved and logged."""
+    """mode=eval: the per-benchmark table of ``cfg.eval`` for the policy, printed, saved and logged."""
     benchmarks, settings, reward_fn = eval_settings(cfg)
     model, tokenizer = load_model_and_tokenizer(policy_path, **load_options(cfg.model, inference=True))
     model.to(resolve_device(settings.pop("device")))
@@ -62,7 +62,7 @@ def evaluate(cfg: DictConfig, policy_path: str, group: str | None = None) -> flo
 
 
 def generate(cfg: DictConfig, policy_path: str, task) -> None:
-    """task=generate: completions for a task split from the policy, written with their rewards as
+    """mode=generate: completions for a task split from the policy, written with their rewards as
     trajectory records (``tbrm.data.trajectories.generate_trajectories``)."""
     from hydra.utils import instantiate
 

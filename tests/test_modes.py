@@ -1,4 +1,4 @@
-"""task=eval's settings from the composed config (the runs themselves are in test_run.py)."""
+"""mode=eval's settings from the composed config (the runs themselves are in test_run.py)."""
 
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from tbrm.data.hub import MathSource
-from tbrm.tasks import eval_settings
+from tbrm.modes import eval_settings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -24,7 +24,7 @@ def test_eval_settings_resolve_local_files_and_the_subset_for_training(tmp_path)
     assert list(benchmarks) == ["aime24", "amc23"] and all(isinstance(b, MathSource) for b in benchmarks.values())
     assert benchmarks["amc23"].path == str(tmp_path / "amc23.jsonl")
     assert "device" not in settings and settings["samples"]["aime24"] == 32 and reward(["\\boxed{2}"], ["2"]) == [1.0]
-    assert "device" in eval_settings(_cfg(tmp_path), None)[1]  # task=eval places the model itself
+    assert "device" in eval_settings(_cfg(tmp_path), None)[1]  # mode=eval places the model itself
     with pytest.raises(ValueError, match=r"eval.during_training names \['aime_24'\]"):
         eval_settings(cfg, ["aime_24"])
     with pytest.raises(FileNotFoundError, match="no aime25.jsonl for benchmark 'aime25'.*~eval.benchmarks.aime25"):

@@ -1,0 +1,100 @@
+"""Rollout engines behind one interface, chosen by ``rollout.engine``.
+
+An engine samples ``n`` completions per prompt from the policy and returns a
+``tbrm.rollout.batch.RolloutBatch``; the module calls ``on_optimizer_step`` after each optimizer
+step, so an engine that holds its own copy of the weights (vLLM) can refresh it before the next
+rollout. The engines here sample from the policy's live weights and need no refresh:
+
+    compact    tbrm.rollout.compact   our decode loop (preallocated KV cache, finished rows leave)
+    compiled   tbrm.rollout.compiled  the same loop, its Llama-family decode step compiled ahead of time
+    auto       tbrm.rollout.compiled  compiled where it can, compact otherwise (the default)
+    hf         tbrm.rollout.hf        plain ``model.generate``
+
+A new engine is one file with a ``RolloutEngine`` subclass and one entry in ``ENGINES``; the
+entry is an import path, so an engine's own dependencies load only when it is chosen.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from tbrm.rollout.batch import RolloutBatch
+
+#: rollout.engine -> "module:class"
+ENGINES = {
+    "auto": "tbrm.rollout.compiled:AutoEngine",
+    "compact": "tbrm.rollout.compact:CompactEngine",
+    "compiled": "tbrm.rollout.compiled:CompiledEngine",
+    "hf": "tbrm.rollout.hf:HFEngine",
+}
+HELP = (
+    "auto (compiled where it can, compact otherwise), compact (the lean loop), compiled (the lean loop with its "
+    "decode step compiled ahead of time) or hf (model.generate)"
+)
+
+
+class RolloutEngine:
+    """Samples completions from ``model`` (the policy, a Hugging Face causal LM) for ``tokenizer``."""
+
+    def __init__(self, model, tokenizer) -> None:
+        self.model, self.tokenizer = model, tokenizer
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        answers: list[str],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 48,
+        greedy: bool = False,
+    ) -> RolloutBatch:
+        """``n`` completions per prompt (rows ``i*n .. i*n+n-1`` belong to ``prompts[i]``), with the
+        behaviour log-probs of the distribution sampled from (after temperature and top-p)."""
+        model = self.model
+        device = next(model.parameters()).device
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+        was_training = model.training
+        model.eval()
+        try:
+            return self.sample(enc, prompts, answers, n, temperature, top_p, max_new_tokens, greedy)
+        finally:
+            model.train(was_training)
+
+    def sample(self, enc, prompts, answers, n, temperature, top_p, max_new_tokens, greedy) -> RolloutBatch:
+        """The engine's own sampling, from the tokenized prompts ``enc`` (the model in eval mode)."""
+        raise NotImplementedError
+
+    def on_optimizer_step(self) -> None:
+        """The policy's weights changed; an engine with its own copy refreshes it here."""
+
+
+def engine_class(name: str) -> type[RolloutEngine]:
+    """The engine registered as ``name``, or a ValueError naming the choices."""
+    if name not in ENGINES:
+        raise ValueError(f"rollout.engine={name!r} is not one of {tuple(ENGINES)}; use {HELP}.")
+    module, cls = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_engine(name: str, model, tokenizer) -> RolloutEngine:
+    """An engine ``name`` sampling from ``model``."""
+    return engine_class(name)(model, tokenizer)
+
+
+def generate_rollouts(
+    model,
+    tokenizer,
+    prompts: list[str],
+    answers: list[str],
+    *,
+    engine: str = "compact",
+    **sampling,
+) -> RolloutBatch:
+    """One call of ``make_engine(engine, model, tokenizer).generate(prompts, answers, **sampling)``
+    (``n``, ``temperature``, ``top_p``, ``max_new_tokens``, ``greedy``)."""
+    return make_engine(engine, model, tokenizer).generate(prompts, answers, **sampling)

@@ -1,0 +1,190 @@
+"""The update of one RL step, the same for every objective: passes x minibatches x micro-batches.
+
+Given a rollout batch and its experience (rewards, masks, behaviour and reference log-probs, the
+critic's values, and what ``objective.prepare`` added), ``Update.run`` takes
+``objective.epochs x objective.num_minibatches`` optimizer steps (TBRM: one; GRPO and PPO as
+many as they ask for). Each step:
+
+1. plans its minibatch's rows into micro-batches of similar length
+   (``tbrm.rollout.batching.plan_micro_batches``); rows ``objective.inert_rows`` marks (their
+   loss term and gradient are exactly zero) form micro-batches without a backward pass, and
+   without a forward pass too while the policy is still the one that sampled them (their logged
+   metrics come from what the rollout recorded);
+2. runs each micro-batch's forward pass (``tbrm.models.forward.completion_logprobs``, the
+   critic's values) and ``objective.loss``, and back-propagates the loss scaled by the
+   micro-batch's share of the minibatch (``aggregation_weight`` of each term's aggregation), so
+   the accumulated gradient is the whole minibatch's whatever the split;
+3. clips the gradient norm of the policy and of the critic, drops a non-finite update
+   (``tbrm.guards``), and steps each optimizer.
+
+Nothing here knows Lightning: the module passes its ``manual_backward`` and the step that
+Lightning counts (so ``trainer.global_step`` counts RL steps, not optimizer steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from tbrm.guards import drop_nonfinite_update
+from tbrm.models.forward import completion_values
+from tbrm.objectives.common import aggregation_weight, masked_mean, sequence_kl
+from tbrm.rollout.batch import RolloutBatch
+from tbrm.rollout.batching import plan_micro_batches
+
+
+class Update:
+    """Args:
+    objective: a ``tbrm.objectives.base.Objective``.
+    policy, critic: the trained models (``critic`` None without one).
+    forward: ``(model, micro_batch, *, with_entropy, entropy_grad, temperature) ->
+        (log_probs, initial_value, entropy)`` (``completion_logprobs``).
+    batching: ``max_rows``, ``max_tokens``, ``split_cost_tokens`` of ``plan_micro_batches``.
+    grad_clip: the maximum gradient norm of each model.
+    nonfinite: ``stop`` | ``skip`` (``guard.nonfinite``).
+    temperature: the sampling temperature (the update's log-probs use it when
+        ``objective.temperature_scaled``).
+    """
+
+    def __init__(self, objective, policy, critic=None, *, forward: Callable, batching: dict | None = None,
+                 grad_clip: float = 1.0, nonfinite: str = "stop", temperature: float = 1.0) -> None:  # fmt: skip
+        self.objective, self.policy, self.critic, self.forward = objective, policy, critic, forward
+        self.batching = dict(batching or {})
+        plan_micro_batches([1], **self.batching)  # a bad cap fails here, not at the first step
+        self.grad_clip, self.nonfinite = grad_clip, nonfinite
+        self.temperature = temperature if objective.temperature_scaled else 1.0
+        self.nonfinite_skipped = 0  # updates dropped under nonfinite=skip
+
+    # ------------------------------------------------------------------ micro-batches, no-grad passes
+    def micro_batches(self, rollout: RolloutBatch, rows: list[int]) -> list[list[int]]:
+        """``rows`` of the rollout in micro-batches of similar length."""
+        return [[rows[i] for i in part] for part in plan_micro_batches(rollout.lengths(rows), **self.batching)]
+
+    def no_grad_pass(self, fn, rollout: RolloutBatch) -> list[torch.Tensor]:
+        """``fn(micro_batch)`` under no_grad over micro-batches of the whole rollout; each output
+        ((rows,) or (rows, cols) tensors) padded back to the rollout's width, rows in order."""
+        width = rollout.completion_ids.shape[1]
+        parts, order = [], []
+        with torch.no_grad():
+            for rows in self.micro_batches(rollout, list(range(len(rollout)))):
+                out = fn(rollout.select(rows))
+                parts.append([t if t.dim() == 1 else torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in out])
+                order += rows
+        inverse = torch.argsort(torch.tensor(order, device=rollout.completion_ids.device))
+        return [torch.cat(column)[inverse] for column in zip(*parts, strict=True)]
+
+    def experience(self, rollout: RolloutBatch, rewards: torch.Tensor, reference=None) -> dict[str, torch.Tensor]:
+        """The rollout's experience, with the frozen ``reference``'s log-probs and V_ref(s_1)."""
+        exp = {"rewards": rewards, "mask": rollout.completion_mask, "behavior_log_probs": rollout.behavior_log_probs}
+        if reference is not None:
+            ref = self.no_grad_pass(lambda mb: self.forward(reference, mb, temperature=self.temperature)[:2], rollout)
+            exp["ref_log_probs"], exp["ref_initial_value"] = ref
+        return exp
+
+    def critic_pass(self, rollout: RolloutBatch, exp: dict) -> None:
+        """The critic's values before the update, ``exp["old_values"]`` (nothing without a critic)."""
+        if self.critic is not None:
+            exp["old_values"] = self.no_grad_pass(lambda mb: (completion_values(self.critic, mb),), rollout)[0]
+
+    # ------------------------------------------------------------------------------- the update
+    def run(self, rollout: RolloutBatch, exp: dict, optimizers: list, *, step: int = 0,
+            backward: Callable | None = None, counted_step: Callable | None = None) -> dict[str, float]:  # fmt: skip
+        """The optimizer steps of one rollout batch (after ``objective.prepare(exp)``); returns the
+        metrics, each the mean over the steps of its minibatch value. ``optimizers``: the policy's,
+        then the critic's; ``backward(loss)``: default ``loss.backward()``; ``counted_step``: run in
+        place of the policy optimizer's last step (Lightning's, which counts RL steps)."""
+        objective, size = self.objective, len(rollout)
+        backward = backward or torch.Tensor.backward
+        sums: dict[str, float] = {}
+        inert = objective.inert_rows(exp)  # rows whose loss and gradient are exactly zero: no backward
+        if inert is not None:
+            sums["train/inert_frac"] = inert.float().mean().item()
+            inert = inert.tolist()
+        params = [list(m.parameters()) for m in (self.policy, self.critic) if m is not None]
+        updates = objective.epochs * objective.num_minibatches
+        # one optimizer step per rollout: the policy stays the sampler until the update ends
+        stats = rollout.stats
+        recorded = stats is not None and updates == 1 and stats.temperature == self.temperature
+        done = 0
+        for _ in range(objective.epochs):
+            order = torch.randperm(size).tolist() if updates > 1 else list(range(size))
+            for rows in (order[i :: objective.num_minibatches] for i in range(objective.num_minibatches)):
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                whole_mask = rollout.completion_mask[rows]
+                loss = 0.0  # this minibatch's loss: a non-finite one never reaches the weights
+                for sub, grad in self.plan(rollout, rows, inert):
+                    with torch.set_grad_enabled(grad):
+                        weighted = self.micro_step(rollout, sub, exp, whole_mask, backward if grad else None,
+                                                   recorded=recorded and not grad)  # fmt: skip
+                    loss += weighted["train/loss"]
+                    for key, value in weighted.items():
+                        sums[key] = sums.get(key, 0.0) + value / updates
+                if inert is not None and all(inert[r] for r in rows):
+                    for group in params:  # an all-zero gradient still steps AdamW (its moments decay)
+                        for p in group:
+                            p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+                done += 1
+                norms = [torch.nn.utils.clip_grad_norm_(group, self.grad_clip) for group in params]
+                self.nonfinite_skipped += drop_nonfinite_update(loss, norms, params, mode=self.nonfinite, step=step)
+                for i, (opt, norm) in enumerate(zip(optimizers, norms, strict=True)):
+                    key = "train/grad_norm" if i == 0 else "train/critic_grad_norm"
+                    sums[key] = sums.get(key, 0.0) + float(norm) / updates
+                    last = i == 0 and done == updates and counted_step is not None
+                    counted_step() if last else opt.step()
+        return sums
+
+    def plan(self, rollout: RolloutBatch, rows: list[int], inert: list[bool] | None) -> list[tuple[list[int], bool]]:
+        """The micro-batches of a minibatch's ``rows`` as ``(rows, backward)``: the rows that carry
+        a gradient first, then the inert ones (``backward`` False: they only feed the metrics)."""
+        active = rows if inert is None else [r for r in rows if not inert[r]]
+        idle = [] if inert is None else [r for r in rows if inert[r]]
+        return [
+            (sub, grad) for part, grad in ((active, True), (idle, False)) for sub in self.micro_batches(rollout, part)
+        ]
+
+    def micro_step(self, rollout, sub, exp, whole_mask, backward=None, recorded=False) -> dict[str, float]:
+        """Forward (and with ``backward``, backward) of the micro-batch ``sub`` (rows of the
+        rollout); returns its metrics, each already scaled by the micro-batch's share of the
+        minibatch, so that they add up to the minibatch's values. ``recorded`` (no grad, policy
+        unchanged since the rollout): the policy's log-probs, entropies and V(s_1) come from
+        ``rollout.stats`` instead of a forward pass."""
+        objective = self.objective
+        mb = rollout.select(sub)
+        idx = torch.tensor(sub, device=mb.completion_ids.device)
+        keep = mb.completion_ids.shape[1]
+        mexp = {k: v[idx] if v.dim() == 1 else v[idx, :keep] for k, v in exp.items()}
+        if recorded:
+            mexp["log_probs"], mexp["initial_value"] = mb.stats.log_probs, mb.stats.initial_value
+            mexp["entropy"] = mb.stats.entropy
+        else:
+            mexp["log_probs"], mexp["initial_value"], mexp["entropy"] = self.forward(
+                self.policy, mb, with_entropy=True, entropy_grad=objective.needs_entropy_grad,
+                temperature=self.temperature,
+            )  # fmt: skip
+        if self.critic is not None:
+            mexp["values"] = completion_values(self.critic, mb)
+        loss, metrics = objective.loss(mexp)
+        terms = loss.items() if isinstance(loss, dict) else [(objective.loss_agg_mode, loss)]
+        weights = {}  # each aggregation's share of the minibatch held by this micro-batch
+
+        def weight(mode: str) -> float:
+            if mode not in weights:
+                weights[mode] = aggregation_weight(mode, mb.completion_mask, whole_mask)
+            return weights[mode]
+
+        total = sum(term * weight(mode) for mode, term in terms)
+        if backward is not None:
+            backward(total)
+        metrics = {key: value.detach() if torch.is_tensor(value) else value for key, value in metrics.items()}
+        metrics["train/entropy"] = masked_mean(mexp["entropy"].detach(), mb.completion_mask)
+        if "ref_log_probs" in mexp:
+            kl = sequence_kl(mexp["log_probs"].detach(), mexp["ref_log_probs"], mb.completion_mask)
+            metrics["train/kl_ref"] = kl.mean()
+        modes = objective.metric_modes
+        weighted = {
+            key: float(value) * weight(modes.get(key, objective.loss_agg_mode)) for key, value in metrics.items()
+        }
+        weighted["train/loss"] = float(total.detach())
+        return weighted
