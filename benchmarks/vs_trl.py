@@ -135,12 +135,10 @@ def run_ours(engine: str, args) -> tuple[list[float], dict[str, list[float]]]:
         return times, phases
     from torch.profiler import ProfilerActivity, profile
 
-    if module.rollout_cfg["engine"] in ("auto", "compiled"):  # compile (or load) outside the profiler
-        from tbrm.rollout import generate_rollouts
-
+    if args.rollout_engine in ("auto", "compiled") and not args.plain:  # compile (or load) outside the profiler
         rows = task.splits()["train"][: args.completions // n]
-        generate_rollouts(module.policy, module.tokenizer, [r["prompt"] for r in rows], [r["answer"] for r in rows],
-                          n=n, max_new_tokens=args.max_new_tokens, engine=module.rollout_cfg["engine"])  # fmt: skip
+        module.engine.generate([r["prompt"] for r in rows], [r["answer"] for r in rows], n=n,
+                               max_new_tokens=args.max_new_tokens)  # fmt: skip
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         trainer.fit(module, datamodule=datamodule)
     return times, {"peak_tensor_gb": [peak_tensor_bytes(prof) / 1e9]}

@@ -151,7 +151,7 @@ class RLModule(L.LightningModule):
             )  # fmt: skip
             for sched in self._schedulers():
                 sched.step()
-        self.engine.on_optimizer_step()  # an engine with its own weights syncs before the next rollout
+        self.engine.on_weights_updated()  # an engine with its own weights syncs before the next rollout
         self.log_step(rollout, rewards, metrics, timer.seconds)
 
     def log_step(self, rollout: RolloutBatch, rewards: torch.Tensor, metrics: dict, seconds: dict) -> None:

@@ -108,7 +108,8 @@ def check_update(update: Mapping) -> None:
 
 
 def check_scheduler(sched: Mapping) -> None:
-    check_keys(sched, SCHEDULER_KEYS, "scheduler")
+    if sched.get("_target_") == "tbrm.optim.warmup_cosine_schedule":  # another schedule takes its own keys
+        check_keys(sched, SCHEDULER_KEYS, "scheduler")
     if not is_int(sched.get("warmup_steps", 0)) or sched.get("warmup_steps", 0) < 0:
         _fail("scheduler.warmup_steps", "an integer >= 0", sched.get("warmup_steps"), "steps of linear warm-up")
     ratio = sched.get("min_lr_ratio", 0.0)

@@ -114,14 +114,15 @@ class Update:
                     opt.zero_grad(set_to_none=True)
                 whole_mask = rollout.completion_mask[rows]
                 loss = 0.0  # this minibatch's loss: a non-finite one never reaches the weights
-                for sub, grad in self.plan(rollout, rows, inert):
+                plan = self.plan(rollout, rows, inert)
+                for sub, grad in plan:
                     with torch.set_grad_enabled(grad):
                         weighted = self.micro_step(rollout, sub, exp, whole_mask, backward if grad else None,
                                                    recorded=recorded and not grad)  # fmt: skip
                     loss += weighted["train/loss"]
                     for key, value in weighted.items():
                         sums[key] = sums.get(key, 0.0) + value / updates
-                if inert is not None and all(inert[r] for r in rows):
+                if not any(grad for _, grad in plan):
                     for group in params:  # an all-zero gradient still steps AdamW (its moments decay)
                         for p in group:
                             p.grad = torch.zeros_like(p) if p.grad is None else p.grad
@@ -186,5 +187,5 @@ class Update:
         weighted = {
             key: float(value) * weight(modes.get(key, objective.loss_agg_mode)) for key, value in metrics.items()
         }
-        weighted["train/loss"] = float(total.detach())
+        weighted["train/loss"] = sum(float(term.detach()) * weight(mode) for mode, term in terms)
         return weighted

@@ -97,11 +97,14 @@ def test_leave_one_out_by_hand():
 def test_reinforce_pp_whitens_over_the_batchs_tokens_by_hand():
     rewards = torch.tensor([1.0, 0.0, 0.0])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])  # 3, 1 and 2 tokens
-    # token-weighted mean 3/6 = 0.5, variance (3 * 0.25 + 1 * 0.25 + 2 * 0.25) / 6 = 0.25
-    assert reinforce_pp_advantages(rewards, mask, eps=0.0).tolist() == pytest.approx([1.0, -1.0, -1.0])
+    # token-weighted mean 3/6 = 0.5, unbiased variance (3 * 0.25 + 1 * 0.25 + 2 * 0.25) / (6 - 1) = 0.3
+    std = math.sqrt(0.3)
+    assert reinforce_pp_advantages(rewards, mask, eps=0.0).tolist() == pytest.approx(
+        [0.5 / std, -0.5 / std, -0.5 / std]
+    )
     # with groups (REINFORCE++-baseline) the group mean goes first: [0.5, -0.5 | 0, 0]
     grouped = reinforce_pp_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.ones(4, 2), group_size=2, eps=0.0)
-    std = math.sqrt(2 * 0.25 / 4)
+    std = math.sqrt(4 * 0.25 / 7)  # 8 tokens: 4 at +-0.5, 4 at 0
     assert grouped.tolist() == pytest.approx([0.5 / std, -0.5 / std, 0.0, 0.0])
 
 

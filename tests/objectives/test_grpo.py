@@ -117,7 +117,8 @@ def test_rloo_and_reinforce_pp_are_the_same_loss_with_their_own_estimator_and_pr
     single = GRPO(group_size=1, advantage="reinforce_pp", name="reinforce_pp")  # one rollout per prompt
     exp = {"rewards": torch.tensor([1.0, 0.0, 0.0, 1.0]), "mask": mask}
     assert set(single.prepare(exp)) == {"reinforce_pp/advantage_abs_mean"}
-    assert exp["advantages"].tolist() == pytest.approx([1.0, -1.0, -1.0, 1.0], abs=1e-4)
+    a = 0.5 / math.sqrt(8 * 0.25 / 7)  # rewards minus 0.5 over the std (unbiased) of 8 tokens
+    assert exp["advantages"].tolist() == pytest.approx([a, -a, -a, a], abs=1e-4)
     with pytest.raises(ValueError, match="RLOO needs at least 2 completions per prompt"):
         GRPO(group_size=1, advantage="rloo", name="rloo")
     with pytest.raises(ValueError, match="advantage must be one of"):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
-from tbrm.report.runs import COMPLETED, FAILED, INCOMPLETE, load_sweep, read_job
+from tbrm.report.runs import COMPLETED, FAILED, INCOMPLETE, Job, load_sweep, read_job
 
 pytestmark = pytest.mark.slow
 
@@ -82,3 +83,11 @@ def test_an_interrupted_job_is_listed_with_its_signal(failed_sweep, tmp_path):
     (copy / "status.json").write_text(json.dumps(record))
     job = read_job(copy)
     assert job.status == "interrupted" and "SIGTERM received at step 3" in job.error
+
+
+def test_a_job_without_a_summary_is_named_by_its_configs_algorithm():
+    """A failed RLOO job (its objective's class is GRPO) still belongs to the RLOO arm."""
+    config = {"algorithm": {"_target_": "tbrm.objectives.GRPO", "name": "rloo", "advantage": "rloo"}}
+    assert Job(dir=Path("."), number=0, status=FAILED, overrides=[], config=config).algorithm == "rloo"
+    config = {"algorithm": {"_target_": "tbrm.objectives.PPO"}}  # an older config without a name
+    assert Job(dir=Path("."), number=0, status=FAILED, overrides=[], config=config).algorithm == "ppo"

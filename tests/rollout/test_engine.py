@@ -56,7 +56,7 @@ class Constant(RolloutEngine):
         return finish_batch(self.tokenizer, prompts, answers, n, enc["input_ids"].repeat_interleave(n, 0),
                             enc["attention_mask"].repeat_interleave(n, 0), completion, behavior)  # fmt: skip
 
-    def on_optimizer_step(self):
+    def on_weights_updated(self):
         type(self).steps += 1
 
 

@@ -81,7 +81,7 @@ def reinforce_pp_advantages(
     tokens = mask.float().sum(1)  # each row's value counts once per completion token
     total = tokens.sum().clamp(min=1.0)
     mean = (tokens * centered).sum() / total
-    var = (tokens * (centered - mean).pow(2)).sum() / total
+    var = (tokens * (centered - mean).pow(2)).sum() / (total - 1).clamp(min=1.0)  # unbiased, as verl's
     return (centered - mean) * torch.rsqrt(var + eps)
 
 
@@ -138,17 +138,14 @@ class Estimator:
 
     fn: Callable[..., torch.Tensor]
     min_group: int
-    summary: str
 
 
 ADVANTAGES = {
     "grpo": Estimator(
-        lambda r, m, g, o: group_advantages(r, g, o["scale_rewards"], o["advantage_eps"])[0], 2,
-        "reward minus the group mean, divided by the group's std (scale_rewards: group | batch | none)",
+        lambda r, m, g, o: group_advantages(r, g, o["scale_rewards"], o["advantage_eps"])[0], 2
     ),
-    "rloo": Estimator(lambda r, m, g, o: leave_one_out(r, g), 2, "reward minus the mean of the group's others"),
+    "rloo": Estimator(lambda r, m, g, o: leave_one_out(r, g), 2),
     "reinforce_pp": Estimator(
-        lambda r, m, g, o: reinforce_pp_advantages(r, m, g), 1,
-        "reward (minus the group mean when n > 1) whitened over the batch's tokens",
+        lambda r, m, g, o: reinforce_pp_advantages(r, m, g), 1
     ),
 }  # fmt: skip

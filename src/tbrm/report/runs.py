@@ -89,7 +89,11 @@ class Job:
 
     @property
     def algorithm(self) -> str:
-        name = self.summary.get("algorithm") or str(self.get("algorithm._target_", "?")).rsplit(".", 1)[-1]
+        name = (  # a job without a summary (failed, interrupted): its config's name, else its objective's class
+            self.summary.get("algorithm")
+            or self.get("algorithm.name")
+            or str(self.get("algorithm._target_", "?")).rsplit(".", 1)[-1]
+        )
         return name.lower()
 
     @property

@@ -1,9 +1,10 @@
 """Rollout engines behind one interface, chosen by ``rollout.engine``.
 
 An engine samples ``n`` completions per prompt from the policy and returns a
-``tbrm.rollout.batch.RolloutBatch``; the module calls ``on_optimizer_step`` after each optimizer
-step, so an engine that holds its own copy of the weights (vLLM) can refresh it before the next
-rollout. The engines here sample from the policy's live weights and need no refresh:
+``tbrm.rollout.batch.RolloutBatch``; after each RL step's optimizer steps the module calls ``on_weights_updated``,
+so an engine that holds its own copy of the weights (vLLM) can refresh it before the next
+rollout. ``generate`` tokenizes the prompts and puts the model in eval mode; an engine implements
+``sample``. The engines here sample from the policy's live weights and need no refresh:
 
     compact    tbrm.rollout.compact   our decode loop (preallocated KV cache, finished rows leave)
     compiled   tbrm.rollout.compiled  the same loop, its Llama-family decode step compiled ahead of time
@@ -69,7 +70,7 @@ class RolloutEngine:
         """The engine's own sampling, from the tokenized prompts ``enc`` (the model in eval mode)."""
         raise NotImplementedError
 
-    def on_optimizer_step(self) -> None:
+    def on_weights_updated(self) -> None:
         """The policy's weights changed; an engine with its own copy refreshes it here."""
 
 
