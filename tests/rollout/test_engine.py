@@ -46,15 +46,10 @@ class Constant(RolloutEngine):
 
     steps = 0
 
-    def sample(self, enc, prompts, answers, n, temperature, top_p, max_new_tokens, greedy):
-        from tbrm.rollout.batch import finish_batch
-
+    def sample(self, enc, prompt_ids, prompt_mask, n, temperature, top_p, max_new_tokens, greedy):
         ids = self.tokenizer("#### 2", add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-        rows = len(prompts) * n
-        completion = torch.tensor([ids] * rows, device=enc["input_ids"].device)
-        behavior = torch.full(completion.shape, -0.5)
-        return finish_batch(self.tokenizer, prompts, answers, n, enc["input_ids"].repeat_interleave(n, 0),
-                            enc["attention_mask"].repeat_interleave(n, 0), completion, behavior)  # fmt: skip
+        completion = torch.tensor([ids] * len(prompt_ids), device=prompt_ids.device)
+        return completion, torch.full(completion.shape, -0.5), None
 
     def on_weights_updated(self):
         type(self).steps += 1

@@ -7,7 +7,6 @@ runs once per rollout can skip the forward pass of rows that need no gradient.""
 
 from __future__ import annotations
 
-from tbrm.rollout.batch import RolloutBatch, finish_batch
 from tbrm.rollout.decode import decode
 from tbrm.rollout.engine import RolloutEngine
 
@@ -16,10 +15,8 @@ class CompactEngine(RolloutEngine):
     #: the decode step: False eager, True compiled ahead of time, None compiled where it can
     compiled: bool | None = False
 
-    def sample(self, enc, prompts, answers, n, temperature, top_p, max_new_tokens, greedy) -> RolloutBatch:
+    def sample(self, enc, prompt_ids, prompt_mask, n, temperature, top_p, max_new_tokens, greedy):
         tokenizer = self.tokenizer
-        prompt_ids = enc["input_ids"].repeat_interleave(n, 0)
-        prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)
         completion_ids, behavior, *stats = decode(
             self.model,
             prompt_ids,
@@ -34,4 +31,4 @@ class CompactEngine(RolloutEngine):
             group=n,
             with_stats=not greedy,
         )
-        return finish_batch(tokenizer, prompts, answers, n, prompt_ids, prompt_mask, completion_ids, behavior, *stats)
+        return completion_ids, behavior, stats[0] if stats else None

@@ -3,8 +3,8 @@
 An engine samples ``n`` completions per prompt from the policy and returns a
 ``tbrm.rollout.batch.RolloutBatch``; after each RL step's optimizer steps the module calls ``on_weights_updated``,
 so an engine that holds its own copy of the weights (vLLM) can refresh it before the next
-rollout. ``generate`` tokenizes the prompts and puts the model in eval mode; an engine implements
-``sample``. The engines here sample from the policy's live weights and need no refresh:
+rollout. ``generate`` tokenizes the prompts, puts the model in eval mode and builds the batch; an
+engine implements ``sample``. The engines here sample from the policy's live weights and need no refresh:
 
     compact    tbrm.rollout.compact   our decode loop (preallocated KV cache, finished rows leave)
     compiled   tbrm.rollout.compiled  the same loop, its Llama-family decode step compiled ahead of time
@@ -18,10 +18,11 @@ entry is an import path, so an engine's own dependencies load only when it is ch
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 
 import torch
 
-from tbrm.rollout.batch import RolloutBatch
+from tbrm.rollout.batch import RolloutBatch, RolloutStats, finish_batch
 
 #: rollout.engine -> "module:class"
 ENGINES = {
@@ -36,7 +37,7 @@ HELP = (
 )
 
 
-class RolloutEngine:
+class RolloutEngine(ABC):
     """Samples completions from ``model`` (the policy, a Hugging Face causal LM) for ``tokenizer``."""
 
     def __init__(self, model, tokenizer) -> None:
@@ -61,17 +62,26 @@ class RolloutEngine:
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(device)
         was_training = model.training
         model.eval()
+        prompt_ids, prompt_mask = (enc[key].repeat_interleave(n, 0) for key in ("input_ids", "attention_mask"))
         try:
-            return self.sample(enc, prompts, answers, n, temperature, top_p, max_new_tokens, greedy)
+            out = self.sample(enc, prompt_ids, prompt_mask, n, temperature, top_p, max_new_tokens, greedy)
         finally:
             model.train(was_training)
+        return finish_batch(self.tokenizer, prompts, answers, n, prompt_ids, prompt_mask, *out)
 
-    def sample(self, enc, prompts, answers, n, temperature, top_p, max_new_tokens, greedy) -> RolloutBatch:
-        """The engine's own sampling, from the tokenized prompts ``enc`` (the model in eval mode)."""
-        raise NotImplementedError
+    @abstractmethod
+    def sample(
+        self, enc, prompt_ids, prompt_mask, n, temperature, top_p, max_new_tokens, greedy
+    ) -> tuple[torch.Tensor, torch.Tensor, RolloutStats | None]:
+        """The engine's own sampling (the model in eval mode), from the tokenized prompts ``enc``
+        or the same rows repeated ``n`` times (``prompt_ids``, ``prompt_mask``): the completion ids
+        and the behaviour log-probs, (rows, steps), and the ``RolloutStats`` it recorded (or None).
+        ``generate`` masks what follows each row's first EOS and decodes the texts."""
 
     def on_weights_updated(self) -> None:
-        """The policy's weights changed; an engine with its own copy refreshes it here."""
+        """The policy's weights changed; an engine with its own copy refreshes it here (these sample
+        from the live weights: nothing to do)."""
+        return None
 
 
 def engine_class(name: str) -> type[RolloutEngine]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from tbrm.rollout.batch import RolloutBatch, finish_batch
 from tbrm.rollout.engine import RolloutEngine
 
 
@@ -43,13 +42,11 @@ class BehaviorLogProbs(LogitsProcessor):
 
 
 class HFEngine(RolloutEngine):
-    def sample(self, enc, prompts, answers, n, temperature, top_p, max_new_tokens, greedy) -> RolloutBatch:
+    def sample(self, enc, prompt_ids, prompt_mask, n, temperature, top_p, max_new_tokens, greedy):
         completion_ids, behavior = _hf_generate(
             self.model, enc, n, temperature, top_p, max_new_tokens, greedy, self.tokenizer
         )
-        prompt_ids = enc["input_ids"].repeat_interleave(n, 0)
-        prompt_mask = enc["attention_mask"].repeat_interleave(n, 0)
-        return finish_batch(self.tokenizer, prompts, answers, n, prompt_ids, prompt_mask, completion_ids, behavior)
+        return completion_ids, behavior, None  # generate records no RolloutStats
 
 
 def _hf_generate(model, enc, n, temperature, top_p, max_new_tokens, greedy, tokenizer):
