@@ -55,7 +55,8 @@ def dapo_copy(data_dir: Path, path: Path) -> Path:
     return path
 
 
-def run_preset(preset: str, model_dir: Path, train_file: Path, args, out: Path) -> dict:
+def run_preset(preset: str, model_dir: Path, train_file: Path, args, out: Path, extra=()) -> dict:
+    """One ``experiment=paper/<preset>`` job of ``args.steps`` steps; ``extra``: more overrides."""
     job = out / preset
     cmd = [
         sys.executable,
@@ -72,6 +73,7 @@ def run_preset(preset: str, model_dir: Path, train_file: Path, args, out: Path) 
         "logger=csv",
         f"hydra.run.dir={job}",
         *(["trainer.accelerator=cpu", "trainer.precision=32-true"] if args.cpu else []),
+        *extra,
     ]
     job.mkdir(parents=True, exist_ok=True)
     start = time.time()

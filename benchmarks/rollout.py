@@ -9,7 +9,9 @@ a random-init copy, whose completions end at a random EOS), the same prompt batc
 (``preallocated``: only the KV cache differs), with row dropping (``+ compaction``), and with the
 lean Llama step (``+ lean step``: ``rollout.engine=compact``, the default), and with that step
 compiled ahead of time (``compiled``: ``rollout.engine=compiled``; loading it, or compiling it the
-first time on a machine, happens in the warm-up, timed apart). Every compact variant prefills a
+first time on a machine, happens in the warm-up, timed apart), and, where vLLM is installed (its
+CPU build here: docs/vllm.md), a colocated ``vllm.LLM`` (``vllm``: ``rollout.engine=vllm``, built
+once per model in the warm-up, its weights synced before the first batch). Every compact variant prefills a
 group's prompt once. Prints the median seconds per batch, the decode steps run and the
 row-steps computed, then the top operators of one batch of each engine (torch.profiler, self
 CPU time; ``compiled``'s decode steps are one C++ call each, which the profiler does not break
@@ -20,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import time
 
 import torch
+
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout: the tables only
 
 VARIANTS = {  # label: (engine, decode options)
     "hf": ("hf", {}),
@@ -31,7 +36,9 @@ VARIANTS = {  # label: (engine, decode options)
     "+ compaction": ("compact", {"lean": False}),
     "+ lean step": ("compact", {}),
     "compiled": ("compiled", {}),
+    "vllm": ("vllm", {}),
 }
+VLLM_OPTIONS = {"kv_cache_memory_bytes": 256 << 20}  # the KV cache these batches need, not 30% of RAM
 
 
 def load(which: str):
@@ -50,6 +57,7 @@ def load(which: str):
 
 
 def run(model, tokenizer, batches, engine, options, n):
+    """Time ``batches`` through ``engine`` (a name, or an engine built once: vLLM's)."""
     import tbrm.rollout.compact as compact
     from tbrm.rollout import generate_rollouts
     from tbrm.rollout.decode import decode
@@ -75,7 +83,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--batches", type=int, default=12, help="prompt batches timed (median reported)")
     parser.add_argument("--ops", type=int, default=8, help="top operators shown per engine (0: none)")
+    parser.add_argument("--engines", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="the variants timed (hf is the baseline; vllm only where it is installed)")  # fmt: skip
     args = parser.parse_args()
+    from tbrm.rollout.vllm_engine import vllm_installed
+
+    variants = {label: VARIANTS[label] for label in dict.fromkeys(["hf", *args.engines])}
+    if "vllm" in variants and not vllm_installed():
+        print("vllm: not installed here, left out (docs/vllm.md)\n")
+        del variants["vllm"]
 
     from tbrm.data.arithmetic import ArithmeticTask
 
@@ -85,23 +101,27 @@ def main() -> None:
         for i in range(0, args.batches * args.prompts, args.prompts)
     ]
     print(f"{args.prompts} prompts x {args.n} completions, 48 new tokens, median of {args.batches} batches, CPU.\n")
-    print("| model | engine | s / batch | vs hf | decode steps | completion tokens | warm-up s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | engine | s / batch | vs hf | decode steps | completion tokens | tokens / s | warm-up s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     profiles = []
     for which in args.model_init:
         model, tokenizer = load(which)
         model.eval()
-        warmup = {}
-        for label, (engine, options) in VARIANTS.items():
+        warmup, engines = {}, {}
+        for label, (engine, options) in variants.items():
             start = time.perf_counter()
+            if engine == "vllm":  # one engine per model, its start timed in the warm-up
+                from tbrm.rollout.engine import make_engine
+
+                engine = engines[label] = make_engine("vllm", model, tokenizer, VLLM_OPTIONS)
             run(model, tokenizer, batches[:2], engine, options, args.n)  # warm-up (and loading the compiled step)
             warmup[label] = time.perf_counter() - start
         # batch by batch, every engine in turn from the same seed: a slow spell hits all alike
-        results = {label: ([], [], []) for label in VARIANTS}
+        results = {label: ([], [], []) for label in variants}
         for index, batch in enumerate(batches):
-            for label, (engine, options) in VARIANTS.items():
+            for label, (engine, options) in variants.items():
                 torch.manual_seed(index)
-                measured = run(model, tokenizer, [batch], engine, options, args.n)
+                measured = run(model, tokenizer, [batch], engines.get(label, engine), options, args.n)
                 for column, value in zip(results[label], measured, strict=True):
                     column += value
         base = statistics.median(results["hf"][0])
@@ -109,9 +129,9 @@ def main() -> None:
             median = statistics.median(times)
             print(
                 f"| {which} | {label} | {median:.3f} | {median / base:.2f}x | {statistics.mean(steps):.1f} "
-                f"| {statistics.mean(tokens):.0f} | {warmup[label]:.1f} |"
+                f"| {statistics.mean(tokens):.0f} | {statistics.mean(tokens) / median:.0f} | {warmup[label]:.1f} |"
             )
-        for label in ("hf", "+ lean step", "compiled"):
+        for label in [label for label in ("hf", "+ lean step", "compiled") if label in variants]:
             if args.ops:
                 engine, options = VARIANTS[label]
                 with torch.profiler.profile() as prof:
@@ -120,8 +140,9 @@ def main() -> None:
     for which, label, prof in profiles:
         print(f"\n{which}, {label}: top operators of one batch (self CPU)\n")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.ops))
-    inits = " ".join(args.model_init)
-    print(f"\nReproduce: python benchmarks/rollout.py --model-init {inits} --batches {args.batches}")
+    inits, names = " ".join(args.model_init), " ".join(variants)
+    print(f"\nReproduce: python benchmarks/rollout.py --model-init {inits} --batches {args.batches} --prompts "
+          f"{args.prompts} --n {args.n} --engines {names}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -50,11 +50,41 @@ def test_every_shipped_config_passes(tmp_path):
         ("trainer.val_check_interval=0", r"trainer.val_check_interval must be an integer >= 1"),
         ("guard.nonfinite=ignore", r"guard.nonfinite must be one of \['stop', 'skip'\]"),
         ("guard.invalid_reward=nan", r"guard.invalid_reward must be one of \['stop', 'zero'\]"),
+        ("rollout.is_correction=tokens", r"rollout.is_correction must be null, token or sequence \(got 'tokens'\)"),
+        ("rollout.is_threshold=0.5", r"rollout.is_threshold must be a number >= 1 \(got 0.5\)"),
+        ("rollout.is_correction=token", "TBRM has no ratio to correct .* set rollout.is_correction=null"),
+        (
+            "rollout.vllm.gpu_memory_utilization=1.5",
+            r"rollout.vllm.gpu_memory_utilization must be a number in \(0, 1\]",
+        ),
+        ("rollout.vllm.dtype=fp8", r"rollout.vllm.dtype must be null or one of float32, bfloat16, float16"),
+        ("rollout.vllm.max_model_len=0", r"rollout.vllm.max_model_len must be null or an integer >= 1 \(got 0\)"),
+        (
+            "+rollout.vllm.gpu_memory_utilisation=0.5",
+            "rollout.vllm.gpu_memory_utilisation is not a setting of rollout.vllm/; did you mean "
+            "rollout.vllm.gpu_memory_utilization?",
+        ),
     ],
 )
 def test_bad_settings_name_the_key_and_the_range(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         checked(tmp_path, override)
+
+
+def test_is_correction_is_a_setting_of_grpo_and_ppo(tmp_path):
+    for algorithm in ("grpo", "ppo", "rloo"):
+        checked(tmp_path, f"algorithm={algorithm}", "rollout.is_correction=sequence", "rollout.is_threshold=5")
+
+
+def test_the_vllm_engine_without_vllm_names_the_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    with pytest.raises(ValueError, match=r"rollout.engine=vllm needs vLLM, which is not installed: pip install"):
+        checked(tmp_path, "rollout.engine=vllm")
+    with pytest.raises(ValueError, match=r"rollout.engine=vllm needs vLLM"):
+        checked(tmp_path, "mode=eval", "rollout.engine=vllm")
 
 
 def test_eval_and_generate_settings_are_checked_too(tmp_path):

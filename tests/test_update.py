@@ -101,3 +101,84 @@ def test_steps_per_rollout_and_the_counted_step(setting):
     assert len(opts[0].grads) == 3 and len(opts[1].grads) == 4 and counted == [1]
     metrics, opts, _ = run(TBRM(beta=0.5), policy, None, rollout, rewards, UNEVEN, reference=policy)
     assert len(opts[0].grads) == 1 and {"train/loss", "train/grad_norm", "tbrm/residual_abs_mean"} <= set(metrics)
+
+
+def shifted(rollout, shift: torch.Tensor):
+    """The rollout with its behaviour log-probs moved by ``shift`` (rows,) on completion tokens:
+    an engine whose log-probs differ from the trainer's by a known amount."""
+    out = copy.copy(rollout)
+    out.behavior_log_probs = rollout.behavior_log_probs + shift[:, None] * rollout.completion_mask
+    out.stats = None
+    return out
+
+
+def make(objective, policy, **kwargs):
+    return Update(objective, copy.deepcopy(policy), forward=completion_logprobs, batching=UNEVEN, **kwargs)
+
+
+def test_logprob_abs_diff_measures_the_fresh_rows_against_the_trainer_at_no_extra_pass(setting):
+    policy, _, rollout, rewards = setting
+    shift = torch.tensor([0.25] * 4 + [1.0] * 4)  # rows 4..7 stand for replayed trajectories
+    for objective in (TBRM(beta=0.5), GRPO(group_size=2, beta=0.0, skip_zero_advantage=False)):
+        update = make(objective, policy)
+        calls = []
+
+        def counted(model, *args, calls=calls, policy=update.policy, **kwargs):
+            calls.append(model is policy)
+            return completion_logprobs(model, *args, **kwargs)
+
+        update.forward = counted
+        exp = update.experience(shifted(rollout, shift), rewards, policy, fresh=4)  # the reference: a copy
+        assert not any(calls) and "old_log_probs" not in exp  # measured by the update's own forward passes
+        objective.prepare(exp)
+        metrics = update.run(shifted(rollout, shift), exp, [Recorder(update.policy.parameters())])
+        assert metrics["rollout/logprob_abs_diff"] == pytest.approx(0.25, abs=1e-4)
+    update = make(TBRM(beta=0.5), policy)  # the engine's own log-probs: the trainer agrees to rounding
+    exp = update.experience(rollout, rewards, policy)
+    assert update.run(rollout, exp, [Recorder(update.policy.parameters())])["rollout/logprob_abs_diff"] < 1e-5
+
+
+def test_logprob_abs_diff_at_the_sampling_temperature_when_the_update_uses_another(setting):
+    policy, _, rollout, rewards = setting
+    update = make(TBRM(beta=0.5), policy, temperature=0.7)  # TBRM's log-probs are of the raw logits
+    with torch.no_grad():
+        tempered = completion_logprobs(policy, rollout, temperature=0.7)[0]
+    sampled = copy.copy(rollout)
+    sampled.behavior_log_probs, sampled.stats = (tempered - 0.1) * rollout.completion_mask, None
+    exp = update.experience(sampled, rewards, policy)
+    metrics = update.run(sampled, exp, [Recorder(update.policy.parameters())])
+    assert metrics["rollout/logprob_abs_diff"] == pytest.approx(0.1, abs=1e-4)
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_is_correction_uses_the_trainers_log_probs_and_truncated_weights(setting, level):
+    policy, _, rollout, rewards = setting
+    ratio = torch.tensor([3.0, 1.5, 1.0, 1.0, 0.5, 1.0, 1.0, 1.0])  # pi_trainer / pi_rollout per token
+    objective = GRPO(group_size=2, beta=0.0)
+    update = make(objective, policy, is_correction=level, is_threshold=2.0)
+    with torch.no_grad():
+        trainer = completion_logprobs(policy, rollout)[0]
+    mask = rollout.completion_mask
+    sampled = copy.copy(rollout)
+    sampled.behavior_log_probs, sampled.stats = (trainer - ratio.log()[:, None]) * mask, None
+    exp = update.experience(sampled, rewards)
+    torch.testing.assert_close(exp["old_log_probs"] * mask, trainer * mask, atol=1e-5, rtol=0)
+    weights = exp["is_weights"]
+    lengths = mask.sum(1)
+    expected = ratio.clamp(max=2.0) if level == "token" else (ratio.log() * lengths).exp().clamp(max=2.0)
+    for i in range(len(ratio)):
+        row = weights[i, : int(lengths[i])]
+        torch.testing.assert_close(row, torch.full_like(row, float(expected[i])), atol=1e-4, rtol=1e-4)
+        assert (weights[i, int(lengths[i]) :] == 0).all()
+    objective.prepare(exp)
+    metrics = update.run(sampled, exp, [Recorder(update.policy.parameters())])
+    assert metrics["grpo/ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # against the trainer's own log-probs
+    assert metrics["rollout/is_truncated_frac"] > 0 and 0 < metrics["rollout/is_weight_mean"] <= 2.0
+    expected_diff = float(masked_mean(ratio.log().abs()[:, None] * mask, mask))
+    assert metrics["rollout/logprob_abs_diff"] == pytest.approx(expected_diff, abs=1e-4)
+
+
+def test_is_correction_needs_an_objective_with_ratios(setting):
+    policy = setting[0]
+    with pytest.raises(ValueError, match="rollout.is_correction=token corrects the ratio of GRPO and PPO; tbrm"):
+        make(TBRM(beta=0.5), policy, is_correction="token")

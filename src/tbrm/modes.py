@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tbrm.eval import evaluate_benchmarks, flatten, format_table, with_local_files
 from tbrm.io import write_json, write_text
 from tbrm.models.loading import load_model_and_tokenizer
 from tbrm.models.policy import load_options
+from tbrm.rollout.engine import make_engine
 from tbrm.utils import build_loggers, finish_loggers, resolve_device
 
 log = logging.getLogger("tbrm")
@@ -39,11 +41,19 @@ def eval_settings(cfg: DictConfig, names: list[str] | None = None) -> tuple[dict
     return {name: instantiate(source) for name, source in chosen.items()}, settings, reward_fn
 
 
+def build_engine(cfg: DictConfig, name: str, model, tokenizer, device):
+    """The rollout engine ``name`` for ``model`` on ``device``, with ``rollout.vllm``'s settings."""
+    options = OmegaConf.to_container(cfg.rollout.vllm, resolve=True) if "vllm" in cfg.rollout else None
+    return make_engine(name, model, tokenizer, options, cuda=torch.device(device).type == "cuda")
+
+
 def evaluate(cfg: DictConfig, policy_path: str, group: str | None = None) -> float:
     """mode=eval: the per-benchmark table of ``cfg.eval`` for the policy, printed, saved and logged."""
     benchmarks, settings, reward_fn = eval_settings(cfg)
     model, tokenizer = load_model_and_tokenizer(policy_path, **load_options(cfg.model, inference=True))
-    model.to(resolve_device(settings.pop("device")))
+    device = resolve_device(settings.pop("device"))
+    model.to(device)
+    settings["engine"] = build_engine(cfg, settings.pop("engine"), model, tokenizer, device)
     results = evaluate_benchmarks(
         model, tokenizer, benchmarks, reward_fn, **settings, progress=lambda b: log.info("evaluating %s", b)
     )
@@ -75,7 +85,9 @@ def generate(cfg: DictConfig, policy_path: str, task) -> None:
         raise ValueError(f"generate.split {split!r} is empty or unknown; use one of {sorted(splits)}.")
     records = splits[split][: settings.pop("limit")]
     model, tokenizer = load_model_and_tokenizer(policy_path, **load_options(cfg.model, inference=True))
-    model.to(resolve_device(settings.pop("device")))
+    device = resolve_device(settings.pop("device"))
+    model.to(device)
+    settings["engine"] = build_engine(cfg, settings.pop("engine"), model, tokenizer, device)
     writer = TrajectoryWriter(settings.pop("dirpath"), settings.pop("format"))
     written, accuracy = generate_trajectories(
         model, tokenizer, records, instantiate(cfg.reward), writer, policy=str(policy_path), **settings

@@ -47,7 +47,8 @@ class RLModule(L.LightningModule):
         objective: a ``tbrm.objectives.base.Objective``.
         reward_fn: ``(completions, answers) -> list[float]``.
         rollout: ``n, temperature, top_p, max_new_tokens, engine`` of the training rollouts
-            (validation samples at the same temperature and top-p).
+            (validation samples at the same temperature and top-p), ``vllm`` (the vLLM engine's
+            settings), ``is_correction``, ``is_threshold`` (``tbrm.update.Update``).
         optimizer: ``(params, lr=...) -> torch.optim.Optimizer`` (``conf/optimizer/``, a partial
             with its lr; None: AdamW at 1e-4); PPO's critic gets ``lr=objective.critic_lr``.
         scheduler: ``(optimizer, total_steps) -> LR scheduler`` (``conf/scheduler/``).
@@ -84,11 +85,13 @@ class RLModule(L.LightningModule):
         ref_dtype = options.pop("inference_dtype", None) or options.get("dtype", "float32")
         self.rollout_cfg = dict(rollout)
         engine_name = self.rollout_cfg.pop("engine", "compact")
+        engine_options = self.rollout_cfg.pop("vllm", None)
+        correction = {k: self.rollout_cfg.pop(k) for k in ("is_correction", "is_threshold") if k in self.rollout_cfg}
         self.policy, self.tokenizer = load_model_and_tokenizer(policy_path, **options)
         self.policy.train()  # from_pretrained returns eval mode; the engines switch as they need
         self.objective, self.reward_fn = objective, reward_fn
         self.make_optimizer, self.make_scheduler = optimizer, scheduler
-        self.engine = make_engine(engine_name, self.policy, self.tokenizer)  # a bad name fails here
+        self.engine = make_engine(engine_name, self.policy, self.tokenizer, engine_options)  # a bad name fails here
         self.source = StepSource(self.engine, self.tokenizer, self.score, objective, self.rollout_cfg, replay,
                                  str(policy_path))  # fmt: skip
         # PPO's critic: a trained submodule with its own optimizer, checkpointed with the policy.
@@ -100,7 +103,7 @@ class RLModule(L.LightningModule):
         forward = functools.partial(completion_logprobs, share_cost_tokens=cfg["split_cost_tokens"])
         self.update = Update(objective, self.policy, self.critic, forward=forward, batching=batching,
                              grad_clip=cfg["grad_clip"], nonfinite=nonfinite,
-                             temperature=self.rollout_cfg["temperature"])  # fmt: skip
+                             temperature=self.rollout_cfg["temperature"], **correction)  # fmt: skip
         ref = None
         if objective.needs_reference or track_kl_ref:
             ref_options = {**options, "dtype": ref_dtype, "gradient_checkpointing": False}
@@ -139,7 +142,7 @@ class RLModule(L.LightningModule):
         with timer("rollout"):
             rollout, rewards = self.source.collect(batch, self.global_step, self.device)
         with timer("ref"):
-            exp = self.update.experience(rollout, rewards, self.ref_model)
+            exp = self.update.experience(rollout, rewards, self.ref_model, fresh=self.source.fresh)
         with timer("update"):
             self.update.critic_pass(rollout, exp)
             metrics = {key: float(value) for key, value in self.objective.prepare(exp).items()}

@@ -13,14 +13,35 @@ check their own arguments when Hydra instantiates them.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 from collections.abc import Mapping
 from typing import Any
 
-ROLLOUT_KEYS = ("n", "temperature", "top_p", "max_new_tokens", "engine")
+ROLLOUT_KEYS = ("n", "temperature", "top_p", "max_new_tokens", "engine", "is_correction", "is_threshold", "vllm")
+IS_CORRECTIONS = (None, "token", "sequence")
 OPTIMIZER_KEYS = ("_target_", "_partial_", "lr", "betas", "weight_decay", "eps", "amsgrad")
 SCHEDULER_KEYS = ("_target_", "_partial_", "warmup_steps", "min_lr_ratio")
 UPDATE_KEYS = ("grad_clip", "micro_batch_size", "micro_batch_tokens", "split_cost_tokens")
+#: rollout.vllm keys and what each must be (``tbrm.rollout.vllm_engine``)
+VLLM_OPTIONS = {
+    "gpu_memory_utilization": "a number in (0, 1]",
+    "kv_cache_memory_bytes": "null or an integer >= 1",
+    "max_model_len": "null or an integer >= 1",
+    "enforce_eager": "null, true or false",
+    "dtype": "null or one of float32, bfloat16, float16",
+    "enable_prefix_caching": "true or false",
+    "sleep_mode": "true or false",
+}
+VLLM_DEFAULTS = {
+    "gpu_memory_utilization": 0.3,
+    "kv_cache_memory_bytes": None,
+    "max_model_len": None,
+    "enforce_eager": None,
+    "dtype": None,
+    "enable_prefix_caching": True,
+    "sleep_mode": False,
+}
 GUARD_CHOICES = {"invalid_reward": ("stop", "zero"), "nonfinite": ("stop", "skip")}
 MODES = ("train", "sft", "eval", "generate")
 #: settings that moved, old spelling -> new (``renamed_overrides`` names the new one)
@@ -94,6 +115,52 @@ def check_rollout(rollout: Mapping) -> None:
     check_sampling(rollout, "rollout")
     if rollout.get("engine", "auto") not in ENGINES:
         _fail("rollout.engine", f"one of {list(ENGINES)}", rollout.get("engine"))
+    if rollout.get("engine") == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ValueError(
+            "rollout.engine=vllm needs vLLM, which is not installed: pip install -e '.[vllm]' on a CUDA machine, "
+            "or the CPU build (docs/vllm.md); or use rollout.engine=auto."
+        )
+    if rollout.get("is_correction") not in IS_CORRECTIONS:
+        _fail("rollout.is_correction", "null, token or sequence", rollout.get("is_correction"))
+    threshold = rollout.get("is_threshold", 2.0)
+    if not is_number(threshold) or threshold < 1:
+        _fail("rollout.is_threshold", "a number >= 1", threshold, "the cap of the truncated importance weight")
+    if "vllm" in rollout:
+        check_vllm(rollout["vllm"])
+
+
+def _vllm_valid(key: str, value) -> bool:
+    integer_or_none = value is None or (is_int(value) and value >= 1)
+    return {
+        "gpu_memory_utilization": is_number(value) and 0 < value <= 1,
+        "kv_cache_memory_bytes": integer_or_none,
+        "max_model_len": integer_or_none,
+        "enforce_eager": value is None or isinstance(value, bool),
+        "dtype": value in (None, "float32", "bfloat16", "float16"),
+        "enable_prefix_caching": isinstance(value, bool),
+        "sleep_mode": isinstance(value, bool),
+    }[key]
+
+
+def check_vllm(options: Mapping | None) -> dict:
+    """``rollout.vllm`` with its defaults, or a ValueError naming the bad key and its rule."""
+    options = dict(options or {})
+    check_keys(options, tuple(VLLM_OPTIONS), "rollout.vllm")
+    options = {**VLLM_DEFAULTS, **options}
+    for key, rule in VLLM_OPTIONS.items():
+        if not _vllm_valid(key, options[key]):
+            _fail(f"rollout.vllm.{key}", rule, options[key])
+    return options
+
+
+def check_is_correction(rollout: Mapping, algorithm: Mapping) -> None:
+    """``rollout.is_correction`` only for an objective with ratios (GRPO, PPO and their kin)."""
+    if rollout.get("is_correction") is not None and str(algorithm.get("_target_", "")).endswith("TBRM"):
+        raise ValueError(
+            f"rollout.is_correction={rollout['is_correction']} corrects the ratio of GRPO and PPO; TBRM has no ratio "
+            "to correct (docs/algorithms/tbrm.md#off-policy-data-and-the-rollout-engine): "
+            "set rollout.is_correction=null."
+        )
 
 
 def check_update(update: Mapping) -> None:
@@ -152,6 +219,7 @@ def check_config(cfg: Mapping) -> None:
         _fail("mode", f"one of {list(MODES)}", mode)
     if mode == "train":
         check_rollout(cfg.get("rollout") or {})
+        check_is_correction(cfg.get("rollout") or {}, cfg.get("algorithm") or {})
         check_optimizer(cfg.get("optimizer") or {})
         check_scheduler(cfg.get("scheduler") or {})
         check_update(cfg.get("update") or {})

@@ -19,6 +19,13 @@ many as they ask for). Each step:
 
 Nothing here knows Lightning: the module passes its ``manual_backward`` and the step that
 Lightning counts (so ``trainer.global_step`` counts RL steps, not optimizer steps).
+
+The train/inference mismatch, every step: ``rollout/logprob_abs_diff`` is the mean over the fresh
+completion tokens of |behaviour log-prob recorded by the engine - the trainer's log-prob at the
+sampling temperature| under the weights that sampled them. It comes from the first optimizer
+step's forward passes (no extra pass) when the update's log-probs are at the sampling temperature;
+from a no-grad pass of its own otherwise, and under ``rollout.is_correction``, which also needs the
+trainer's log-probs of every row before the update (``experience``).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import torch
 
 from tbrm.guards import drop_nonfinite_update
 from tbrm.models.forward import completion_values
-from tbrm.objectives.common import aggregation_weight, masked_mean, sequence_kl
+from tbrm.objectives.common import aggregation_weight, masked_mean, sequence_kl, truncated_is_weights
 from tbrm.rollout.batch import RolloutBatch
 from tbrm.rollout.batching import plan_micro_batches
 
@@ -45,16 +52,27 @@ class Update:
     nonfinite: ``stop`` | ``skip`` (``guard.nonfinite``).
     temperature: the sampling temperature (the update's log-probs use it when
         ``objective.temperature_scaled``).
+    is_correction, is_threshold: ``rollout.is_correction`` (null | token | sequence) and its cap
+        (``tbrm.objectives.common.truncated_is_weights``); needs an objective with ratios.
     """
 
     def __init__(self, objective, policy, critic=None, *, forward: Callable, batching: dict | None = None,
-                 grad_clip: float = 1.0, nonfinite: str = "stop", temperature: float = 1.0) -> None:  # fmt: skip
+                 grad_clip: float = 1.0, nonfinite: str = "stop", temperature: float = 1.0,
+                 is_correction: str | None = None, is_threshold: float = 2.0) -> None:  # fmt: skip
         self.objective, self.policy, self.critic, self.forward = objective, policy, critic, forward
         self.batching = dict(batching or {})
         plan_micro_batches([1], **self.batching)  # a bad cap fails here, not at the first step
         self.grad_clip, self.nonfinite = grad_clip, nonfinite
+        self.sampling_temperature = temperature
         self.temperature = temperature if objective.temperature_scaled else 1.0
+        if is_correction is not None and not objective.needs_behavior_log_probs:
+            raise ValueError(f"rollout.is_correction={is_correction} corrects the ratio of GRPO and PPO; "
+                             f"{objective.name} has none: set rollout.is_correction=null.")  # fmt: skip
+        self.is_correction, self.is_threshold = is_correction, is_threshold
         self.nonfinite_skipped = 0  # updates dropped under nonfinite=skip
+        self.rollout_metrics: dict[str, float] = {}  # this step's rollout/ metrics
+        self._mismatch: list[float] | None = None  # [sum |diff|, tokens] over the first step's fresh rows
+        self.fresh = 0  # the leading rows of this step's rollout sampled now
 
     # ------------------------------------------------------------------ micro-batches, no-grad passes
     def micro_batches(self, rollout: RolloutBatch, rows: list[int]) -> list[list[int]]:
@@ -74,12 +92,35 @@ class Update:
         inverse = torch.argsort(torch.tensor(order, device=rollout.completion_ids.device))
         return [torch.cat(column)[inverse] for column in zip(*parts, strict=True)]
 
-    def experience(self, rollout: RolloutBatch, rewards: torch.Tensor, reference=None) -> dict[str, torch.Tensor]:
-        """The rollout's experience, with the frozen ``reference``'s log-probs and V_ref(s_1)."""
+    def experience(
+        self, rollout: RolloutBatch, rewards: torch.Tensor, reference=None, fresh: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The rollout's experience, with the frozen ``reference``'s log-probs and V_ref(s_1), and
+        under ``is_correction`` the trainer's log-probs before the update (``old_log_probs``) and
+        the truncated importance weights (``is_weights``). ``fresh``: the leading rows sampled now
+        (None: all), the rows ``rollout/logprob_abs_diff`` measures."""
         exp = {"rewards": rewards, "mask": rollout.completion_mask, "behavior_log_probs": rollout.behavior_log_probs}
         if reference is not None:
             ref = self.no_grad_pass(lambda mb: self.forward(reference, mb, temperature=self.temperature)[:2], rollout)
             exp["ref_log_probs"], exp["ref_initial_value"] = ref
+        self.fresh = len(rollout) if fresh is None else fresh
+        self.rollout_metrics, self._mismatch = {}, None
+        if self.is_correction is None and (self.temperature == self.sampling_temperature or not self.fresh):
+            self._mismatch = [0.0, 0.0]  # measured by the first optimizer step's forward passes
+            return exp
+        old = self.no_grad_pass(
+            lambda mb: self.forward(self.policy, mb, temperature=self.sampling_temperature)[:1], rollout
+        )[0]
+        mask, behavior = rollout.completion_mask, rollout.behavior_log_probs
+        if self.fresh:
+            diff = (old[: self.fresh] - behavior[: self.fresh]).abs()
+            self.rollout_metrics["rollout/logprob_abs_diff"] = float(masked_mean(diff, mask[: self.fresh]))
+        if self.is_correction is not None:
+            weights = truncated_is_weights(old, behavior, mask, self.is_correction, self.is_threshold)
+            exp["old_log_probs"], exp["is_weights"] = old, weights
+            self.rollout_metrics["rollout/is_weight_mean"] = float(masked_mean(weights, mask))
+            capped = (weights >= self.is_threshold * (1 - 1e-6)).float()  # the weights the cap bound
+            self.rollout_metrics["rollout/is_truncated_frac"] = float(masked_mean(capped, mask))
         return exp
 
     def critic_pass(self, rollout: RolloutBatch, exp: dict) -> None:
@@ -122,6 +163,10 @@ class Update:
                     loss += weighted["train/loss"]
                     for key, value in weighted.items():
                         sums[key] = sums.get(key, 0.0) + value / updates
+                if self._mismatch is not None:  # measured over the first step's micro-batches only
+                    if self._mismatch[1]:
+                        sums["rollout/logprob_abs_diff"] = self._mismatch[0] / self._mismatch[1]
+                    self._mismatch = None
                 if not any(grad for _, grad in plan):
                     for group in params:  # an all-zero gradient still steps AdamW (its moments decay)
                         for p in group:
@@ -134,7 +179,17 @@ class Update:
                     sums[key] = sums.get(key, 0.0) + float(norm) / updates
                     last = i == 0 and done == updates and counted_step is not None
                     counted_step() if last else opt.step()
-        return sums
+        return sums | self.rollout_metrics
+
+    def measure_mismatch(self, sub: list[int], mexp: dict) -> None:
+        """Add the fresh rows of micro-batch ``sub`` to ``rollout/logprob_abs_diff``: |behaviour -
+        the log-probs of this update's forward pass| (rows the update takes from ``rollout.stats``
+        without a forward pass are not measured)."""
+        keep = torch.tensor([r < self.fresh for r in sub], device=mexp["mask"].device)
+        mask = mexp["mask"] * keep[:, None]
+        diff = (mexp["log_probs"].detach().float() - mexp["behavior_log_probs"].float()).abs()
+        self._mismatch[0] += float((diff * mask).sum())
+        self._mismatch[1] += float(mask.sum())
 
     def plan(self, rollout: RolloutBatch, rows: list[int], inert: list[bool] | None) -> list[tuple[list[int], bool]]:
         """The micro-batches of a minibatch's ``rows`` as ``(rows, backward)``: the rows that carry
@@ -164,6 +219,8 @@ class Update:
                 self.policy, mb, with_entropy=True, entropy_grad=objective.needs_entropy_grad,
                 temperature=self.temperature,
             )  # fmt: skip
+        if self._mismatch is not None and not recorded:  # the first optimizer step: the policy still samples these
+            self.measure_mismatch(sub, mexp)
         if self.critic is not None:
             mexp["values"] = completion_values(self.critic, mb)
         loss, metrics = objective.loss(mexp)

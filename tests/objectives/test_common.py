@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -62,3 +64,19 @@ def test_micro_batch_weights_rebuild_the_whole_batch_loss():
         assert parts.item() == pytest.approx(whole.item(), rel=1e-5), mode
     with pytest.raises(ValueError, match="loss_agg_mode"):
         aggregate_loss(loss_mat, mask, "sum")
+
+
+def test_truncated_is_weights_per_token_and_per_sequence():
+    from tbrm.objectives.common import truncated_is_weights
+
+    trainer = torch.tensor([[-1.0, -1.0, -2.0], [-0.5, -0.5, 0.0]])
+    rollout = torch.tensor([[-1.5, -1.0, -0.5], [-0.5, -1.5, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    token = truncated_is_weights(trainer, rollout, mask, "token", threshold=1.5)
+    expected = torch.tensor([[min(math.exp(0.5), 1.5), 1.0, math.exp(-1.5)], [1.0, 1.5, 0.0]])
+    torch.testing.assert_close(token, expected)
+    seq = truncated_is_weights(trainer, rollout, mask, "sequence", threshold=5.0)
+    torch.testing.assert_close(seq, torch.tensor([[math.exp(-1.0)] * 3, [math.exp(1.0)] * 2 + [0.0]]))
+    assert truncated_is_weights(trainer, rollout, mask, "sequence", threshold=2.0)[1, 0] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="null, token or sequence"):
+        truncated_is_weights(trainer, rollout, mask, "batch")

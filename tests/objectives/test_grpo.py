@@ -123,3 +123,15 @@ def test_rloo_and_reinforce_pp_are_the_same_loss_with_their_own_estimator_and_pr
         GRPO(group_size=1, advantage="rloo", name="rloo")
     with pytest.raises(ValueError, match="advantage must be one of"):
         GRPO(advantage="vtrace")
+
+
+def test_truncated_is_weights_scale_each_tokens_surrogate():
+    log_probs = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    mask = torch.ones(1, 3)
+    weights = torch.tensor([[2.0, 0.5, 1.0]])
+    plain, _ = grpo_loss(log_probs, log_probs.detach(), torch.tensor([1.0]), mask)
+    weighted, metrics = grpo_loss(log_probs, log_probs.detach(), torch.tensor([1.0]), mask, is_weights=weights)
+    assert float(plain) == pytest.approx(-1.0) and float(weighted) == pytest.approx(-3.5 / 3)
+    assert float(metrics["grpo/pg_loss"]) == pytest.approx(-3.5 / 3)
+    (grad,) = torch.autograd.grad(weighted, log_probs)
+    torch.testing.assert_close(grad, -weights / 3)  # d/dlogp of -w * ratio at ratio 1

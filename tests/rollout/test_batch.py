@@ -50,3 +50,22 @@ def test_select_trims_padding_and_keeps_rows_in_the_order_asked(model_and_tokeni
         n = int(out.completion_mask[row].sum())
         assert torch.equal(part.completion_ids[i, :n], out.completion_ids[row, :n])
         assert torch.equal(part.stats.log_probs[i, :n], out.stats.log_probs[row, :n])
+
+
+@pytest.mark.parametrize("engine", ["compact", "hf"])
+def test_a_row_is_finished_when_it_ends_with_its_eos_and_the_flag_follows_the_rows(model_and_tokenizer, engine):
+    from tbrm.data.trajectories import records_from_rollout, to_rollout_batch
+
+    model, tokenizer = model_and_tokenizer
+    torch.manual_seed(1)
+    out = generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, n=4, max_new_tokens=6, engine=engine)
+    lengths = out.completion_mask.sum(1)
+    last = out.completion_ids.gather(1, (lengths - 1)[:, None]).squeeze(1)
+    assert torch.equal(out.finished, last == tokenizer.eos_token_id)
+    assert 0 < int(out.finished.sum()) < len(out)  # some rows end, some are cut at max_new_tokens
+    rows = [5, 0, 9]
+    assert torch.equal(out.select(rows).finished, out.finished[rows]) and out.to("cpu").finished is not None
+    stored = to_rollout_batch(
+        records_from_rollout(out, [0.0] * len(out), eos_token_id=tokenizer.eos_token_id), tokenizer
+    )
+    assert torch.equal(stored.finished, out.finished)

@@ -318,8 +318,8 @@ def test_compiled_engine_refuses_a_model_it_does_not_cover(model_and_tokenizer):
 
 def test_unknown_engine_is_refused(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    with pytest.raises(ValueError, match="rollout.engine='vllm' is not one of"):
-        generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, engine="vllm")
+    with pytest.raises(ValueError, match="rollout.engine='sglang' is not one of"):
+        generate_rollouts(model, tokenizer, PROMPTS, ANSWERS, engine="sglang")
 
 
 def test_processes_compiling_the_same_step_take_turns(tmp_path):

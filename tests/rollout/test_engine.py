@@ -8,6 +8,8 @@ from tbrm.rollout import ENGINES, RolloutEngine, generate_rollouts, make_engine
 from tbrm.rollout.engine import engine_class
 
 PROMPTS = ["1*2=", "13*24="]
+#: the engines sampling from the live weights (vLLM's: tests/rollout/test_vllm_engine.py)
+LOCAL = [name for name in ENGINES if name != "vllm"]
 ANSWERS = ["2", "312"]
 
 
@@ -19,7 +21,7 @@ def model_and_tokenizer(tiny_model_dir):
 def test_every_registered_engine_is_a_rollout_engine_that_samples_the_same_greedy_completions(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     outs = {}
-    for name in ENGINES:
+    for name in LOCAL:
         cls = engine_class(name)
         assert issubclass(cls, RolloutEngine)
         outs[name] = make_engine(name, model, tokenizer).generate(PROMPTS, ANSWERS, greedy=True, max_new_tokens=8)
@@ -28,16 +30,16 @@ def test_every_registered_engine_is_a_rollout_engine_that_samples_the_same_greed
         assert out.completions == outs["hf"].completions and len(out) == 2
     for training in (True, False):  # each engine samples in eval mode and restores the mode it found
         model.train(training)
-        for name in ENGINES:
+        for name in LOCAL:
             make_engine(name, model, tokenizer).generate(PROMPTS, ANSWERS, max_new_tokens=4)
             assert model.training is training
 
 
 def test_an_unknown_engine_names_the_choices():
     with pytest.raises(
-        ValueError, match=r"rollout.engine='vllm' is not one of \('auto', 'compact', 'compiled', 'hf'\)"
+        ValueError, match=r"rollout.engine='sglang' is not one of \('auto', 'compact', 'compiled', 'hf', 'vllm'\)"
     ):
-        engine_class("vllm")
+        engine_class("sglang")
 
 
 class Constant(RolloutEngine):
@@ -76,3 +78,27 @@ def test_a_registered_engine_serves_training_and_hears_of_every_optimizer_step(t
     trainer.fit(module, datamodule=PromptDataModule(task, batch_size=4, val_batch_size=8))
     assert Constant.steps == 3 and module.generated == 12
     assert trainer.callback_metrics["train/response_length"] == 7  # the engine's completions were trained on
+
+
+def test_auto_is_vllm_on_a_cuda_device_with_vllm_installed_and_our_loop_otherwise(monkeypatch, caplog):
+    import logging
+
+    from tbrm.rollout import vllm_engine
+    from tbrm.rollout.engine import resolve_engine
+
+    caplog.set_level(logging.INFO, logger="tbrm.rollout.engine")
+    monkeypatch.setattr(vllm_engine, "vllm_installed", lambda: True)
+    assert resolve_engine("auto", cuda=True) == "vllm" and "vllm (a CUDA device and vLLM are here)" in caplog.text
+    assert resolve_engine("auto", cuda=False) == "auto" and "no CUDA device" in caplog.text
+    assert resolve_engine("hf", cuda=True) == "hf"  # a named engine is the one asked for
+    monkeypatch.setattr(vllm_engine, "vllm_installed", lambda: False)
+    assert resolve_engine("auto", cuda=True) == "auto" and "vLLM is not installed" in caplog.text
+
+
+def test_the_vllm_engine_without_vllm_names_the_install(model_and_tokenizer):
+    from tbrm.rollout.vllm_engine import vllm_installed
+
+    if vllm_installed():
+        pytest.skip("vLLM is installed here (tests/rollout/test_vllm_engine.py runs it)")
+    with pytest.raises(ImportError, match=r"rollout.engine=vllm needs vLLM, which is not installed: pip install -e"):
+        make_engine("vllm", *model_and_tokenizer)

@@ -267,6 +267,7 @@ def to_rollout_batch(records: list[dict], tokenizer, device=None):
         prompts=[r["prompt"] for r in records],
         answers=[r["answer"] for r in records],
         completions=[r["completion"] for r in records],
+        finished=torch.tensor([bool(ids) and ids[-1] == tokenizer.eos_token_id for ids in completions]),
     )
     if device is not None:
         batch = batch.to(device)
@@ -287,7 +288,7 @@ def generate_trajectories(
     top_p: float = 1.0,
     max_new_tokens: int = 48,
     policy: str | None = None,
-    engine: str = "compact",
+    engine="compact",
 ) -> tuple[int, float]:
     """Sample ``n`` completions for each prompt record, score them and write them as trajectory
     records, one shard per generate call of ``batch_size // n`` prompts, with a progress bar.
@@ -295,11 +296,12 @@ def generate_trajectories(
     from tqdm import tqdm
 
     from tbrm.rewards.scoring import score
-    from tbrm.rollout.engine import generate_rollouts
+    from tbrm.rollout.engine import as_engine, generate_rollouts
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1 or batch_size < n:
         raise ValueError(f"generate.n must be >= 1 and generate.batch_size >= generate.n (got {n}, {batch_size}).")
     per_call = batch_size // n
+    engine = as_engine(engine, model, tokenizer)  # a name or an engine: one for every call
     written, rewarded = 0, 0
     with tqdm(total=len(records) * n, desc="generating", unit="completion") as bar:
         for shard, start in enumerate(range(0, len(records), per_call)):

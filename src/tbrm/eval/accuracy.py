@@ -8,7 +8,7 @@ from math import comb
 import torch
 
 from tbrm.rewards.scoring import score
-from tbrm.rollout.engine import generate_rollouts
+from tbrm.rollout.engine import RolloutEngine, as_engine, generate_rollouts
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -32,13 +32,15 @@ def evaluate_accuracy(
     top_p: float = 1.0,
     max_new_tokens: int = 48,
     batch_size: int = 250,
-    engine: str = "compact",
+    engine: str | RolloutEngine = "compact",
 ) -> dict[str, float]:
     """Greedy accuracy and, with ``n_samples`` > 0, mean accuracy of sampled completions and
     pass@k for each ``k`` <= ``n_samples``. Returns ``{"accuracy", "accuracy_sampled", "pass@k"}``.
 
     ``batch_size`` bounds the completions of one generate call (``batch_size // n_samples``
-    prompts per sampled call), so memory does not grow with ``n_samples``."""
+    prompts per sampled call), so memory does not grow with ``n_samples``. ``engine``: a
+    ``rollout.engine`` name or an engine already built."""
+    engine = as_engine(engine, model, tokenizer)  # one engine for every call
     greedy, sampled, per_prompt = [], [], []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]

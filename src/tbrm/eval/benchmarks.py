@@ -18,6 +18,7 @@ import lightning as L
 
 from tbrm.data.hub import MathSource
 from tbrm.eval.accuracy import evaluate_accuracy
+from tbrm.rollout.engine import RolloutEngine, as_engine
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def evaluate_benchmarks(
     top_p: float = 1.0,
     max_new_tokens: int = 512,
     batch_size: int = 64,
-    engine: str = "compact",
+    engine: str | RolloutEngine = "compact",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per benchmark: greedy ``avg@1``; with n sampled completions per problem (``n_samples``, or
@@ -88,6 +89,7 @@ def evaluate_benchmarks(
                 f"eval.k {list(k)} asks for more than the {n} samples per problem of {name!r}; "
                 "lower eval.k or raise eval.n_samples / eval.samples."
             )
+    engine = as_engine(engine, model, tokenizer)  # one engine for every benchmark
     results = {}
     for name, source in benchmarks.items():
         if progress:
@@ -197,7 +199,8 @@ class BenchmarkEvaluation(L.Callback):
                     skip_bad_rows=self.skip_bad_rows,
                 )
             model, tokenizer = pl_module.policy, pl_module.tokenizer
-            results = evaluate_benchmarks(model, tokenizer, self.records, self.reward_fn, **self.settings)
+            settings = {**self.settings, "engine": pl_module.engine}  # the training engine, its weights synced
+            results = evaluate_benchmarks(model, tokenizer, self.records, self.reward_fn, **settings)
             log.info("benchmarks at step %d:\n%s", trainer.global_step, format_table(results))
             self.history.append((trainer.global_step, results))
             for logger in trainer.loggers:

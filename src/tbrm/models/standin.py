@@ -17,6 +17,9 @@ from pathlib import Path
 SHAPES = {
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                  intermediate_size=64, vocab_size=None),
+    # head size 64, which vLLM's CPU attention takes: CPU checks of rollout.engine=vllm
+    "small": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                  intermediate_size=256, vocab_size=None),
     "qwen2.5-math-1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                               intermediate_size=8960, vocab_size=151936),
     "qwen2.5-math-7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
@@ -81,7 +84,7 @@ def save_qwen2_standin(path: str | Path, shape: str = "tiny", *, dtype: str = "b
     tokenizer = build_bpe_tokenizer(corpus)
     config = qwen2_config(shape, tokenizer, dtype=dtype)
     torch.manual_seed(seed)
-    device = "cuda" if torch.cuda.is_available() and shape != "tiny" else "cpu"
+    device = "cuda" if torch.cuda.is_available() and shape not in ("tiny", "small") else "cpu"
     with torch.device(device):
         model = Qwen2ForCausalLM(config).to(getattr(torch, dtype))
     path = Path(path)

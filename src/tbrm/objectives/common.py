@@ -116,3 +116,31 @@ def clipped_surrogate(
         lower = negative.float()
         loss_mat = torch.where(negative, cap, loss_mat)
     return loss_mat, ratio.detach(), (clipped < unclipped).float(), lower
+
+
+def truncated_is_weights(
+    trainer_log_probs: torch.Tensor,
+    rollout_log_probs: torch.Tensor,
+    mask: torch.Tensor,
+    level: str = "token",
+    threshold: float = 2.0,
+) -> torch.Tensor:
+    """Truncated importance weights of the rollout/trainer mismatch (Ionides 2008, truncated IS;
+    as TRL's ``vllm_importance_sampling_correction`` and verl's ``rollout_is``), detached, 0 on padding.
+
+    The rollout engine samples from pi_rollout, which differs from the trainer's pi_old of the same
+    weights by kernels and precision; the policy gradient wants samples of pi_old, so each term is
+    reweighted by ``w = min(pi_old / pi_rollout, C)``:
+
+        token:    w_{i,t} = min(exp(log pi_old(y_t) - log pi_rollout(y_t)), C)
+        sequence: w_i = min(exp(sum_t [log pi_old(y_t) - log pi_rollout(y_t)]), C), for every token of i
+
+    ``trainer_log_probs``, ``rollout_log_probs``, ``mask``: (batch, response_len); ``threshold``: C.
+    """
+    if level not in ("token", "sequence"):
+        raise ValueError(f"rollout.is_correction must be null, token or sequence (got {level!r}).")
+    cap = torch.log(torch.tensor(float(threshold)))
+    log_ratio = (trainer_log_probs.detach().float() - rollout_log_probs.float()) * mask
+    if level == "sequence":
+        log_ratio = log_ratio.sum(-1, keepdim=True).expand_as(log_ratio)
+    return torch.exp(torch.minimum(log_ratio, cap)) * mask

@@ -11,7 +11,9 @@ clipped surrogate against the behaviour policy plus a k3 estimate of the KL to t
                     + beta * (pi_ref / pi_theta - log(pi_ref / pi_theta) - 1) ]
 
 with rho = pi_theta / pi_behaviour per token, and ``agg`` one of the loss aggregation modes of
-``objectives.common.aggregate_loss``.
+``objectives.common.aggregate_loss``. With ``rollout.is_correction`` the denominator of rho is the
+trainer's recomputed log-prob and each surrogate term is weighted by the truncated importance
+weight of the rollout/trainer mismatch (``objectives.common.truncated_is_weights``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def grpo_loss(
     ref_log_probs: torch.Tensor | None = None,
     loss_agg_mode: str = "token-mean",
     norm_length: int | None = None,
+    is_weights: torch.Tensor | None = None,
     prefix: str = "grpo",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss of one (micro-)batch (DeepSeekMath, Eq. 3 with the Eq. 4 KL term).
@@ -55,12 +58,17 @@ def grpo_loss(
         beta: coefficient of the k3 KL estimate to the reference; 0 skips it (no reference).
         ref_log_probs: log pi_ref of the tokens, needed when ``beta > 0``.
         loss_agg_mode, norm_length: see ``objectives.common.aggregate_loss``.
+        is_weights: truncated importance weights of the rollout/trainer mismatch, (batch,
+            response_len), multiplying each token's surrogate (``common.truncated_is_weights``;
+            ``behavior_log_probs`` are then the trainer's own, recomputed); None: no correction.
         prefix: of the metrics' names (the algorithm's).
     """
     eps_high = epsilon if epsilon_high is None else epsilon_high
     pg_mat, ratio, clipped, lower = clipped_surrogate(
         log_probs, behavior_log_probs, advantages.float()[:, None], epsilon, eps_high, clip_ratio_c
     )
+    if is_weights is not None:
+        pg_mat = pg_mat * is_weights
     loss_mat = pg_mat
     metrics = {}
     if beta > 0:
@@ -157,7 +165,7 @@ class GRPO(Objective):
     def loss(self, exp: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return grpo_loss(
             exp["log_probs"],
-            exp["behavior_log_probs"],
+            exp.get("old_log_probs", exp["behavior_log_probs"]),  # the trainer's own under rollout.is_correction
             exp["advantages"],
             exp["mask"],
             epsilon=self.epsilon,
@@ -167,5 +175,6 @@ class GRPO(Objective):
             ref_log_probs=exp.get("ref_log_probs"),
             loss_agg_mode=self.loss_agg_mode,
             norm_length=self.norm_length,
+            is_weights=exp.get("is_weights"),
             prefix=self.name,
         )

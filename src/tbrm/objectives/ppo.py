@@ -146,9 +146,12 @@ class PPO(Objective):
     def loss(self, exp: Experience) -> tuple[torch.Tensor | dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         mask, mode = exp["mask"], self.loss_agg_mode
         eps_high = self.epsilon if self.epsilon_high is None else self.epsilon_high
+        old = exp.get("old_log_probs", exp["behavior_log_probs"])  # the trainer's own under rollout.is_correction
         pg_mat, ratio, clipped, lower = clipped_surrogate(
-            exp["log_probs"], exp["behavior_log_probs"], exp["advantages"], self.epsilon, eps_high, self.clip_ratio_c
+            exp["log_probs"], old, exp["advantages"], self.epsilon, eps_high, self.clip_ratio_c
         )
+        if "is_weights" in exp:  # truncated IS of the rollout/trainer mismatch (common.truncated_is_weights)
+            pg_mat = pg_mat * exp["is_weights"]
         pg_loss = aggregate_loss(pg_mat, mask, mode, self.norm_length)
         v_loss, v_clip_frac = value_loss(exp["values"], exp["old_values"], exp["returns"], mask, self.value_clip)
         policy = pg_loss

@@ -54,8 +54,10 @@ class RolloutBatch:
         behavior_log_probs: log-probs of the sampled tokens under the sampling distribution,
             (batch, response_len), 0 on padding.
         prompts, answers, completions: the texts, one entry per row.
-        stats: ``RolloutStats`` recorded while sampling; None for ``rollout.engine=hf`` and for
-            stored trajectories.
+        stats: ``RolloutStats`` recorded while sampling; None for ``rollout.engine=hf`` and
+            ``vllm``, and for stored trajectories.
+        finished: (batch,) bool, True where the completion ended with its EOS (False: truncated
+            at ``max_new_tokens``); None where unknown.
     """
 
     prompt_ids: torch.Tensor
@@ -67,6 +69,7 @@ class RolloutBatch:
     answers: list[str]
     completions: list[str] = field(default_factory=list)
     stats: RolloutStats | None = None
+    finished: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -80,6 +83,7 @@ class RolloutBatch:
             answers=self.answers,
             completions=self.completions,
             stats=None if self.stats is None else self.stats.to(device),
+            finished=None if self.finished is None else self.finished.to(device),
         )
 
     def lengths(self, rows: list[int] | None = None) -> list[int]:
@@ -107,6 +111,7 @@ class RolloutBatch:
             answers=[self.answers[i] for i in rows],
             completions=[self.completions[i] for i in rows] if self.completions else [],
             stats=None if self.stats is None else self.stats.select(idx, keep),
+            finished=None if self.finished is None else self.finished[idx],
         )
 
 
@@ -120,8 +125,10 @@ def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_id: int) ->
 def finish_batch(tokenizer, prompts, answers, n, prompt_ids, prompt_mask, completion_ids, behavior, stats=None):
     """The ``RolloutBatch`` of an engine's raw output: everything after each row's first EOS
     masked (padding ids, log-prob 0), non-finite behaviour log-probs of padding zeroed, the
-    completions decoded; ``prompts`` and ``answers`` repeated ``n`` times in row order."""
+    completions decoded, a row finished where it has an EOS; ``prompts`` and ``answers`` repeated
+    ``n`` times in row order."""
     mask = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
+    finished = (completion_ids == tokenizer.eos_token_id).any(1)
     behavior = torch.nan_to_num(behavior, neginf=0.0) * mask
     if stats is not None:
         stats.log_probs, stats.entropy = stats.log_probs * mask, stats.entropy * mask
@@ -136,4 +143,5 @@ def finish_batch(tokenizer, prompts, answers, n, prompt_ids, prompt_mask, comple
         answers=[a for a in answers for _ in range(n)],
         completions=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
         stats=stats,
+        finished=finished,
     )

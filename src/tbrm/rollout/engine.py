@@ -10,7 +10,10 @@ engine implements ``sample``. The engines here sample from the policy's live wei
     compiled   tbrm.rollout.compiled  the same loop, its Llama-family decode step compiled ahead of time
     auto       tbrm.rollout.compiled  compiled where it can, compact otherwise (the default)
     hf         tbrm.rollout.hf        plain ``model.generate``
+    vllm       tbrm.rollout.vllm_engine  a colocated ``vllm.LLM``, its weights loaded from the policy
+                                         before each rollout that follows an update
 
+``auto`` is vLLM when a CUDA device is there and vLLM is installed (``resolve_engine``).
 A new engine is one file with a ``RolloutEngine`` subclass and one entry in ``ENGINES``; the
 entry is an import path, so an engine's own dependencies load only when it is chosen.
 """
@@ -18,11 +21,14 @@ entry is an import path, so an engine's own dependencies load only when it is ch
 from __future__ import annotations
 
 import importlib
+import logging
 from abc import ABC, abstractmethod
 
 import torch
 
 from tbrm.rollout.batch import RolloutBatch, RolloutStats, finish_batch
+
+log = logging.getLogger(__name__)
 
 #: rollout.engine -> "module:class"
 ENGINES = {
@@ -30,18 +36,19 @@ ENGINES = {
     "compact": "tbrm.rollout.compact:CompactEngine",
     "compiled": "tbrm.rollout.compiled:CompiledEngine",
     "hf": "tbrm.rollout.hf:HFEngine",
+    "vllm": "tbrm.rollout.vllm_engine:VLLMEngine",
 }
 HELP = (
     "auto (compiled where it can, compact otherwise), compact (the lean loop), compiled (the lean loop with its "
-    "decode step compiled ahead of time) or hf (model.generate)"
+    "decode step compiled ahead of time), hf (model.generate) or vllm (a colocated vllm.LLM)"
 )
 
 
 class RolloutEngine(ABC):
     """Samples completions from ``model`` (the policy, a Hugging Face causal LM) for ``tokenizer``."""
 
-    def __init__(self, model, tokenizer) -> None:
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, options: dict | None = None) -> None:
+        self.model, self.tokenizer = model, tokenizer  # options: the engine's own settings (vLLM's)
 
     @torch.no_grad()
     def generate(
@@ -92,9 +99,32 @@ def engine_class(name: str) -> type[RolloutEngine]:
     return getattr(importlib.import_module(module), cls)
 
 
-def make_engine(name: str, model, tokenizer) -> RolloutEngine:
-    """An engine ``name`` sampling from ``model``."""
-    return engine_class(name)(model, tokenizer)
+def resolve_engine(name: str, cuda: bool | None = None) -> str:
+    """The engine ``name`` stands for: ``auto`` is ``vllm`` on a CUDA device with vLLM installed
+    (``cuda`` None: whether one is there), our decode loop otherwise; one log line says which."""
+    if name != "auto":
+        return name
+    from tbrm.rollout.vllm_engine import vllm_installed
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda and vllm_installed():
+        log.info("rollout.engine=auto: vllm (a CUDA device and vLLM are here)")
+        return "vllm"
+    why = "vLLM is not installed" if cuda else "no CUDA device: our decode loop is the fastest there"
+    log.info("rollout.engine=auto: our decode loop, compiled where it can (%s)", why)
+    return "auto"
+
+
+def make_engine(name: str, model, tokenizer, options: dict | None = None, cuda: bool | None = None) -> RolloutEngine:
+    """An engine ``name`` (``resolve_engine``) sampling from ``model``; ``options``: ``rollout.vllm``."""
+    name = resolve_engine(name, cuda)
+    return engine_class(name)(model, tokenizer, options if name == "vllm" else None)
+
+
+def as_engine(engine: str | RolloutEngine, model, tokenizer) -> RolloutEngine:
+    """``engine`` itself, or a new engine of that name sampling from ``model`` (build an engine
+    once and pass it where many calls follow: a vLLM engine is built at its first rollout)."""
+    return engine if isinstance(engine, RolloutEngine) else make_engine(engine, model, tokenizer)
 
 
 def generate_rollouts(
@@ -103,9 +133,9 @@ def generate_rollouts(
     prompts: list[str],
     answers: list[str],
     *,
-    engine: str = "compact",
+    engine: str | RolloutEngine = "compact",
     **sampling,
 ) -> RolloutBatch:
-    """One call of ``make_engine(engine, model, tokenizer).generate(prompts, answers, **sampling)``
+    """One call of ``as_engine(engine, model, tokenizer).generate(prompts, answers, **sampling)``
     (``n``, ``temperature``, ``top_p``, ``max_new_tokens``, ``greedy``)."""
-    return make_engine(engine, model, tokenizer).generate(prompts, answers, **sampling)
+    return as_engine(engine, model, tokenizer).generate(prompts, answers, **sampling)

@@ -43,6 +43,7 @@ class StepSource:
         self.replay, self.policy_id = replay, policy_id
         self.generated = 0  # completions sampled during training (0 when training from a file)
         self.stats: dict[str, float] = {}  # the last step's replay metrics
+        self.fresh = 0  # the leading rows of the last step's batch sampled in that step
         self._newest: tuple[RolloutBatch, torch.Tensor, int] | None = None
 
     @property
@@ -51,7 +52,7 @@ class StepSource:
 
     def collect(self, batch: dict, step: int, device) -> tuple[RolloutBatch, torch.Tensor]:
         """The step's ``(rollout, rewards (batch,))`` on ``device``."""
-        self.stats = {}
+        self.stats, self.fresh = {}, 0
         if "records" in batch:
             check_stored(batch["records"], self.objective, self.temperature, "stored trajectories")
             return self._from_records(batch["records"], device)
@@ -63,7 +64,8 @@ class StepSource:
             prompts, answers = prompts[:keep], answers[:keep]
         rollout = self.engine.generate(prompts, answers, **self.sampling)
         rewards = self.score(rollout)
-        self.generated += len(rollout)
+        self.fresh = len(rollout)
+        self.generated += self.fresh
         self._newest = (rollout, rewards, step)
         if self.replay is None:
             return rollout, rewards
