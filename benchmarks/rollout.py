@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                         help="the variants timed (hf is the baseline; vllm only where it is installed)")  # fmt: skip
     args = parser.parse_args()
-    from tbrm.rollout.vllm_engine import vllm_installed
+    from tbrm.rollout.engine import vllm_installed
 
     variants = {label: VARIANTS[label] for label in dict.fromkeys(["hf", *args.engines])}
     if "vllm" in variants and not vllm_installed():

@@ -144,8 +144,8 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model_dir, obj
 def test_bad_micro_batch_caps_and_engines_fail_when_the_module_is_built(tiny_model_dir):
     with pytest.raises(ValueError, match="micro_batch_tokens must be >= 1"):
         make(tiny_model_dir, micro_batch_tokens=0)
-    with pytest.raises(ValueError, match="rollout.engine='vllm' is not one of"):
-        RLModule(str(tiny_model_dir), TBRM(), exact_number_reward, rollout={**ROLLOUT, "engine": "vllm"}, **OPTIM)
+    with pytest.raises(ValueError, match="rollout.engine='sglang' is not one of"):
+        RLModule(str(tiny_model_dir), TBRM(), exact_number_reward, rollout={**ROLLOUT, "engine": "sglang"}, **OPTIM)
 
 
 @pytest.mark.parametrize("engine", ["compact", "hf"])

@@ -79,3 +79,34 @@ def test_eval_and_generate_sample_with_the_vllm_engine(tmp, math_data_dir):
     run(tmp, "mode=generate", "generate.limit=8", "generate.n=2", f"generate.dirpath={tmp}/generated")
     rows = [json.loads(line) for shard in sorted((tmp / "generated").iterdir()) for line in shard.open()]
     assert len(rows) == 16 and all(len(r["behavior_logprobs"]) == len(r["completion_ids"]) for r in rows)
+
+
+def test_an_interrupted_run_resumes_exactly_on_vllm(tmp):
+    """Killed after its step-2 checkpoint and resumed: the resumed engine (built again, its weights
+    loaded from the checkpoint's policy, its seeds from the restored generator) draws the
+    uninterrupted run's completions, and the metrics are the same."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import run_env
+    from test_resume import dumped, rows
+
+    budget = ["trainer.max_steps=4", "trainer.val_check_interval=2", "callbacks.rollout_dump.enabled=true", "seed=5"]
+    whole, resumed = tmp / "whole", tmp / "resumed"
+    run(tmp, *budget, f"hydra.run.dir={whole}")
+    cmd = [sys.executable, "run.py", f"paths.log_dir={tmp}/logs", f"paths.cache_dir={tmp}/cache", *VLLM_TINY, *budget,
+           f"hydra.run.dir={resumed}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt, deadline = resumed / "checkpoints" / "last.ckpt", time.time() + 600
+    while not ckpt.exists():  # written atomically: it exists once whole
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (resumed / "summary.json").exists()
+    run(tmp, *budget, f"ckpt_path={ckpt}")
+    for step in (2, 3):
+        assert dumped(resumed, step) == dumped(whole, step)
+    assert rows(resumed / "csv" / "metrics.csv") == rows(whole / "csv" / "metrics.csv")

@@ -131,7 +131,7 @@ def test_truncated_is_weights_scale_each_tokens_surrogate():
     weights = torch.tensor([[2.0, 0.5, 1.0]])
     plain, _ = grpo_loss(log_probs, log_probs.detach(), torch.tensor([1.0]), mask)
     weighted, metrics = grpo_loss(log_probs, log_probs.detach(), torch.tensor([1.0]), mask, is_weights=weights)
-    assert float(plain) == pytest.approx(-1.0) and float(weighted) == pytest.approx(-3.5 / 3)
+    assert float(plain.detach()) == pytest.approx(-1.0) and float(weighted.detach()) == pytest.approx(-3.5 / 3)
     assert float(metrics["grpo/pg_loss"]) == pytest.approx(-3.5 / 3)
     (grad,) = torch.autograd.grad(weighted, log_probs)
     torch.testing.assert_close(grad, -weights / 3)  # d/dlogp of -w * ratio at ratio 1

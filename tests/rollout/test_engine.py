@@ -83,20 +83,20 @@ def test_a_registered_engine_serves_training_and_hears_of_every_optimizer_step(t
 def test_auto_is_vllm_on_a_cuda_device_with_vllm_installed_and_our_loop_otherwise(monkeypatch, caplog):
     import logging
 
-    from tbrm.rollout import vllm_engine
+    from tbrm.rollout import engine
     from tbrm.rollout.engine import resolve_engine
 
     caplog.set_level(logging.INFO, logger="tbrm.rollout.engine")
-    monkeypatch.setattr(vllm_engine, "vllm_installed", lambda: True)
+    monkeypatch.setattr(engine, "vllm_installed", lambda: True)
     assert resolve_engine("auto", cuda=True) == "vllm" and "vllm (a CUDA device and vLLM are here)" in caplog.text
     assert resolve_engine("auto", cuda=False) == "auto" and "no CUDA device" in caplog.text
     assert resolve_engine("hf", cuda=True) == "hf"  # a named engine is the one asked for
-    monkeypatch.setattr(vllm_engine, "vllm_installed", lambda: False)
+    monkeypatch.setattr(engine, "vllm_installed", lambda: False)
     assert resolve_engine("auto", cuda=True) == "auto" and "vLLM is not installed" in caplog.text
 
 
 def test_the_vllm_engine_without_vllm_names_the_install(model_and_tokenizer):
-    from tbrm.rollout.vllm_engine import vllm_installed
+    from tbrm.rollout.engine import vllm_installed
 
     if vllm_installed():
         pytest.skip("vLLM is installed here (tests/rollout/test_vllm_engine.py runs it)")

@@ -187,6 +187,11 @@ def test_a_model_by_hub_name_from_the_cache(vllm_model_dir, tmp_path, monkeypatc
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     policy, tokenizer = load_model_and_tokenizer("acme/tiny-llama")
     engine = VLLMEngine(policy, tokenizer, OPTIONS)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    engine.build()  # vLLM reseeds the process's generators while it starts; the engine puts them back
+    assert torch.equal(torch.rand(4), expected)
     greedy = engine.generate(PROMPTS, ANSWERS, greedy=True, max_new_tokens=16)
     hf = HFEngine(policy, tokenizer).generate(PROMPTS, ANSWERS, greedy=True, max_new_tokens=16)
     assert greedy.completions == hf.completions and engine.llm is not None

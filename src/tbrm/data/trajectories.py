@@ -22,9 +22,13 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from lightning.pytorch import Callback
+
+if TYPE_CHECKING:
+    from tbrm.rollout.engine import RolloutEngine
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +292,7 @@ def generate_trajectories(
     top_p: float = 1.0,
     max_new_tokens: int = 48,
     policy: str | None = None,
-    engine="compact",
+    engine: str | RolloutEngine = "compact",
 ) -> tuple[int, float]:
     """Sample ``n`` completions for each prompt record, score them and write them as trajectory
     records, one shard per generate call of ``batch_size // n`` prompts, with a progress bar.

@@ -21,6 +21,7 @@ entry is an import path, so an engine's own dependencies load only when it is ch
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 from abc import ABC, abstractmethod
 
@@ -99,13 +100,16 @@ def engine_class(name: str) -> type[RolloutEngine]:
     return getattr(importlib.import_module(module), cls)
 
 
+def vllm_installed() -> bool:
+    """Whether ``import vllm`` would find the package (without importing it)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
 def resolve_engine(name: str, cuda: bool | None = None) -> str:
     """The engine ``name`` stands for: ``auto`` is ``vllm`` on a CUDA device with vLLM installed
     (``cuda`` None: whether one is there), our decode loop otherwise; one log line says which."""
     if name != "auto":
         return name
-    from tbrm.rollout.vllm_engine import vllm_installed
-
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda and vllm_installed():
         log.info("rollout.engine=auto: vllm (a CUDA device and vLLM are here)")

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import tempfile
+from contextlib import contextmanager
 
 import torch
 
@@ -42,12 +44,6 @@ def import_vllm():
     except ImportError as err:
         raise ImportError(f"rollout.engine=vllm needs vLLM, which is not installed: {INSTALL}.") from err
     return vllm
-
-
-def vllm_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
 
 
 def check_servable(model) -> None:
@@ -75,6 +71,26 @@ def check_cpu_head_size(model) -> None:
             f"rollout.engine=vllm: vLLM's CPU attention takes head sizes {sizes}, and this model's is {head} "
             f"(model.name_or_path={model.name_or_path!r}); use rollout.engine=auto (our decode loop) on the CPU."
         )
+
+
+@contextmanager
+def kept_rng_state():
+    """Python's, NumPy's and torch's random states as they were before the block: building a
+    ``vllm.LLM`` reseeds them all (``set_random_seed`` in its worker, twice), which would make
+    every run seed draw the same data order after the engine starts, and a resumed run other
+    draws than the run it continues."""
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 class VLLMEngine(RolloutEngine):
@@ -136,7 +152,8 @@ class VLLMEngine(RolloutEngine):
             kwargs["enable_sleep_mode"] = True
         log.info("building the vLLM engine from %s (%s, enforce_eager=%s)", source, dtype, eager)
         try:
-            self.llm = LLM(**kwargs)
+            with kept_rng_state():
+                self.llm = LLM(**kwargs)
         except Exception as err:
             raise RuntimeError(
                 f"rollout.engine=vllm could not build an engine for {source!r}: {err}. Check rollout.vllm "
