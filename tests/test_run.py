@@ -51,8 +51,14 @@ def test_csv_metrics_and_resolved_config(first_run):
     val = [r for r in rows if r.get("val/accuracy")]
     assert [int(r["step"]) for r in train] == [0, 1, 2, 3]
     assert len(val) == 3  # before training, after step 2, after step 4
-    for key in ("train/kl_ref", "train/entropy", "tbrm/residual_abs_mean", "perf/rollout_s", "perf/tokens_per_s",
-                "rollout/logprob_abs_diff"):
+    for key in (
+        "train/kl_ref",
+        "train/entropy",
+        "tbrm/residual_abs_mean",
+        "perf/rollout_s",
+        "perf/tokens_per_s",
+        "rollout/logprob_abs_diff",
+    ):
         assert all(r[key] != "" for r in train), key
     hparams = yaml.safe_load((out / "csv/hparams.yaml").read_text())
     assert hparams["algorithm"]["beta"] == 0.2 and hparams["seed"] == 3
