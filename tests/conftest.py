@@ -55,6 +55,19 @@ def run_py(
     return proc
 
 
+def save_tiny_model(path: Path, **dims) -> Path:
+    """A 2-layer random-init Llama of ``dims`` (``tbrm.models.tiny.build_tiny_model``) and the
+    arithmetic task's character tokenizer, written to ``path`` with save_pretrained."""
+    from tbrm.data.arithmetic import ArithmeticTask
+    from tbrm.models.tiny import build_char_tokenizer, build_tiny_model
+
+    tokenizer = build_char_tokenizer(ArithmeticTask().alphabet())
+    model = build_tiny_model(tokenizer, num_layers=2, **dims)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def hub_cache(cache: Path, repo_id: str, files: dict[str, Path], repo_type: str = "model") -> Path:
     """Put ``files`` ({path in the repo: local file}) into a Hugging Face hub cache folder as
     ``hf download`` lays it out: ``<cache>/<type>s--<org>--<name>/{blobs,snapshots/<commit>,refs/main}``,
@@ -120,15 +133,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer random-init Llama and its character tokenizer, written with save_pretrained."""
-    from tbrm.data.arithmetic import ArithmeticTask
-    from tbrm.models.tiny import build_char_tokenizer, build_tiny_model
-
-    path = tmp_path_factory.mktemp("tiny_model")
-    tokenizer = build_char_tokenizer(ArithmeticTask().alphabet())
-    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_model"), hidden_size=32, num_heads=2, intermediate_size=64)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("vllm")
 
-from conftest import hub_model  # noqa: E402
+from conftest import hub_model, save_tiny_model  # noqa: E402
 
 from tbrm.models.forward import completion_logprobs  # noqa: E402
 from tbrm.models.loading import load_model_and_tokenizer  # noqa: E402
@@ -23,21 +23,14 @@ ANSWERS = ["408", "30", "702", "135"]
 OPTIONS = {"kv_cache_memory_bytes": 32 << 20}  # a few MiB of KV cache is plenty for these rows
 #: |engine - trainer| log-prob on the same weights, float32 (measured: 2e-6 before a sync, 7e-6 after)
 TOLERANCE = 1e-4
+DIMS = {"hidden_size": 128, "num_heads": 2, "intermediate_size": 256}  # head size 64
 
 
 @pytest.fixture(scope="module")
 def vllm_model_dir(tmp_path_factory):
     """A random-init Llama with head size 64 (vLLM's CPU attention takes 32, 64, 80, ...) and the
     character tokenizer, written with save_pretrained."""
-    from tbrm.data.arithmetic import ArithmeticTask
-    from tbrm.models.tiny import build_char_tokenizer, build_tiny_model
-
-    path = tmp_path_factory.mktemp("vllm_model")
-    tokenizer = build_char_tokenizer(ArithmeticTask().alphabet())
-    model = build_tiny_model(tokenizer, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("vllm_model"), **DIMS)
 
 
 @pytest.fixture(scope="module")

@@ -25,18 +25,14 @@ def test_plain_load_weights_is_not_enough_on_the_cpu_build(tmp_path):
     pytest.importorskip("vllm")
     import copy
 
-    from test_vllm_engine import ANSWERS, OPTIONS, PROMPTS, TOLERANCE, max_diff
+    from conftest import save_tiny_model
+    from test_vllm_engine import ANSWERS, DIMS, OPTIONS, PROMPTS, TOLERANCE, max_diff
 
-    from tbrm.data.arithmetic import ArithmeticTask
-    from tbrm.models.tiny import build_char_tokenizer, build_tiny_model
+    from tbrm.models.loading import load_model_and_tokenizer
     from tbrm.rollout import vllm_sync
     from tbrm.rollout.vllm_engine import VLLMEngine
 
-    tokenizer = build_char_tokenizer(ArithmeticTask().alphabet())
-    policy = build_tiny_model(tokenizer, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256)
-    policy.save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    policy.name_or_path = str(tmp_path)
+    policy, tokenizer = load_model_and_tokenizer(str(save_tiny_model(tmp_path, **DIMS)))
     engine = VLLMEngine(policy, tokenizer, OPTIONS)
     assert engine.on_cpu and policy.config.tie_word_embeddings
     assert max_diff(policy, engine.generate(PROMPTS, ANSWERS, max_new_tokens=8)) < TOLERANCE
