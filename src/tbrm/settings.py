@@ -23,25 +23,6 @@ IS_CORRECTIONS = (None, "token", "sequence")
 OPTIMIZER_KEYS = ("_target_", "_partial_", "lr", "betas", "weight_decay", "eps", "amsgrad")
 SCHEDULER_KEYS = ("_target_", "_partial_", "warmup_steps", "min_lr_ratio")
 UPDATE_KEYS = ("grad_clip", "micro_batch_size", "micro_batch_tokens", "split_cost_tokens")
-#: rollout.vllm keys and what each must be (``tbrm.rollout.vllm_engine``)
-VLLM_OPTIONS = {
-    "gpu_memory_utilization": "a number in (0, 1]",
-    "kv_cache_memory_bytes": "null or an integer >= 1",
-    "max_model_len": "null or an integer >= 1",
-    "enforce_eager": "null, true or false",
-    "dtype": "null or one of float32, bfloat16, float16",
-    "enable_prefix_caching": "true or false",
-    "sleep_mode": "true or false",
-}
-VLLM_DEFAULTS = {
-    "gpu_memory_utilization": 0.3,
-    "kv_cache_memory_bytes": None,
-    "max_model_len": None,
-    "enforce_eager": None,
-    "dtype": None,
-    "enable_prefix_caching": True,
-    "sleep_mode": False,
-}
 GUARD_CHOICES = {"invalid_reward": ("stop", "zero"), "nonfinite": ("stop", "skip")}
 MODES = ("train", "sft", "eval", "generate")
 #: settings that moved, old spelling -> new (``renamed_overrides`` names the new one)
@@ -129,26 +110,37 @@ def check_rollout(rollout: Mapping) -> None:
         check_vllm(rollout["vllm"])
 
 
-def _vllm_valid(key: str, value) -> bool:
-    integer_or_none = value is None or (is_int(value) and value >= 1)
-    return {
-        "gpu_memory_utilization": is_number(value) and 0 < value <= 1,
-        "kv_cache_memory_bytes": integer_or_none,
-        "max_model_len": integer_or_none,
-        "enforce_eager": value is None or isinstance(value, bool),
-        "dtype": value in (None, "float32", "bfloat16", "float16"),
-        "enable_prefix_caching": isinstance(value, bool),
-        "sleep_mode": isinstance(value, bool),
-    }[key]
+def _positive_int_or_none(value) -> bool:
+    return value is None or (is_int(value) and value >= 1)
+
+
+def _bool(value) -> bool:
+    return isinstance(value, bool)
+
+
+#: rollout.vllm (``tbrm.rollout.vllm_engine``): key -> (default, what it must be, the check)
+VLLM_OPTIONS = {
+    "gpu_memory_utilization": (0.3, "a number in (0, 1]", lambda v: is_number(v) and 0 < v <= 1),
+    "kv_cache_memory_bytes": (None, "null or an integer >= 1", _positive_int_or_none),
+    "max_model_len": (None, "null or an integer >= 1", _positive_int_or_none),
+    "enforce_eager": (None, "null, true or false", lambda v: v is None or _bool(v)),
+    "dtype": (
+        None,
+        "null or one of float32, bfloat16, float16",
+        lambda v: v in (None, "float32", "bfloat16", "float16"),
+    ),
+    "enable_prefix_caching": (True, "true or false", _bool),
+    "sleep_mode": (False, "true or false", _bool),
+}
 
 
 def check_vllm(options: Mapping | None) -> dict:
     """``rollout.vllm`` with its defaults, or a ValueError naming the bad key and its rule."""
     options = dict(options or {})
     check_keys(options, tuple(VLLM_OPTIONS), "rollout.vllm")
-    options = {**VLLM_DEFAULTS, **options}
-    for key, rule in VLLM_OPTIONS.items():
-        if not _vllm_valid(key, options[key]):
+    options = {key: options.get(key, default) for key, (default, _, _) in VLLM_OPTIONS.items()}
+    for key, (_, rule, ok) in VLLM_OPTIONS.items():
+        if not ok(options[key]):
             _fail(f"rollout.vllm.{key}", rule, options[key])
     return options
 

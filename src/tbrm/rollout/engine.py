@@ -49,7 +49,7 @@ class RolloutEngine(ABC):
     """Samples completions from ``model`` (the policy, a Hugging Face causal LM) for ``tokenizer``."""
 
     def __init__(self, model, tokenizer, options: dict | None = None) -> None:
-        self.model, self.tokenizer = model, tokenizer  # options: the engine's own settings (vLLM's)
+        self.model, self.tokenizer = model, tokenizer  # options: the engine's own settings (vLLM's; others need none)
 
     @torch.no_grad()
     def generate(
@@ -121,8 +121,7 @@ def resolve_engine(name: str, cuda: bool | None = None) -> str:
 
 def make_engine(name: str, model, tokenizer, options: dict | None = None, cuda: bool | None = None) -> RolloutEngine:
     """An engine ``name`` (``resolve_engine``) sampling from ``model``; ``options``: ``rollout.vllm``."""
-    name = resolve_engine(name, cuda)
-    return engine_class(name)(model, tokenizer, options if name == "vllm" else None)
+    return engine_class(resolve_engine(name, cuda))(model, tokenizer, options)
 
 
 def as_engine(engine: str | RolloutEngine, model, tokenizer) -> RolloutEngine:
