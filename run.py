@@ -38,7 +38,7 @@ from tbrm.models.policy import load_options, resolve_policy  # noqa: E402
 from tbrm.modes import eval_settings, evaluate, generate  # noqa: E402
 from tbrm.module import RLModule  # noqa: E402
 from tbrm.resume import Resume  # noqa: E402
-from tbrm.settings import check_config, renamed_overrides  # noqa: E402
+from tbrm.settings import check_config, data_parallel_world, renamed_overrides  # noqa: E402
 from tbrm.utils import build_loggers, finish_loggers, write_summary  # noqa: E402
 
 log = logging.getLogger("tbrm")
@@ -50,11 +50,26 @@ def sweep_group() -> str | None:
     return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
 
 
+def check_launch(cfg: DictConfig) -> None:
+    """A sweep's jobs run data-parallel only as Slurm jobs: Lightning starts a job's other ranks by
+    running this script again, which cannot re-run one job of a sweep in this process."""
+    hc = HydraConfig.get()
+    world = data_parallel_world(OmegaConf.to_container(cfg.trainer, resolve=True))
+    launcher = str(hc.launcher.get("_target_", "")).rsplit(".", 1)[-1]
+    if hc.mode == RunMode.MULTIRUN and (world or 2) > 1 and "Slurm" not in launcher:
+        raise ValueError(
+            f"trainer.devices x trainer.num_nodes = {world or 'auto'} in a multirun with {launcher}: "
+            "a sweep's jobs run data-parallel as Slurm jobs (hydra/launcher=slurm, one task per device); "
+            "here run each job with its own `python run.py ...`, or sweep single-device jobs (trainer.devices=1)."
+        )
+
+
 def train(cfg: DictConfig) -> float | None:
     GUARD.check()  # an earlier job of this multirun was interrupted: do not start another
     GUARD.install()
     start = time.time()
     check_config(OmegaConf.to_container(cfg, resolve=True))  # bad values fail here, before any work
+    check_launch(cfg)
     out = Path(cfg.paths.output_dir)
     resume = Resume.prepare(cfg.ckpt_path, out) if cfg.mode == "train" else None  # a bad ckpt_path fails here
     L.seed_everything(cfg.seed, workers=True)
@@ -110,6 +125,8 @@ def train(cfg: DictConfig) -> float | None:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     log.info("after training: %s", final)
+    if not trainer.is_global_zero:  # the other data-parallel ranks hold the same policy: rank zero writes
+        return final.get(cfg.optimized_metric)
 
     with atomic_dir(out / "policy") as policy:  # loadable as model.name_or_path=<out>/policy
         module.policy.save_pretrained(policy)
@@ -124,6 +141,7 @@ def train(cfg: DictConfig) -> float | None:
         seed=cfg.seed,
         policy_path=policy_path,
         skipped_rows=skipped,
+        data_parallel={"world_size": trainer.world_size, "policy_checksums": module.rank_checksums},
         **({"benchmarks": dict(benchmark_eval.history[-1:])} if benchmark_eval and benchmark_eval.history else {}),
     )
     log.info("summary: %s", json.dumps(summary))

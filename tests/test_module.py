@@ -303,7 +303,8 @@ def test_ppo_resumes_policy_critic_and_both_optimizers_from_a_checkpoint(tiny_mo
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert len(saved["optimizer_states"]) == 2 and len(saved["lr_schedulers"]) == 2
-    assert saved["completions_seen"] == 8 and saved["tokens_seen"] > 0
+    (state,) = saved["ranks"]  # one rank: one entry of per-rank state
+    assert state["completions_seen"] == 8 and state["tokens_seen"] > 0
 
     resumed = make(tiny_model_dir, reward=random_reward, objective=PPO(beta=0.1))
     datamodule = PromptDataModule(ArithmeticTask(b_digits=1, num_val=8, num_test=8), batch_size=4, val_batch_size=8)

@@ -110,3 +110,24 @@ def test_an_interrupted_run_resumes_exactly_on_vllm(tmp):
     for step in (2, 3):
         assert dumped(resumed, step) == dumped(whole, step)
     assert rows(resumed / "csv" / "metrics.csv") == rows(whole / "csv" / "metrics.csv")
+
+
+def test_each_ddp_rank_samples_with_its_own_engine_synced_after_every_update(tmp):
+    """trainer=ddp_cpu: two ranks, each its own vllm.LLM in its process. PPO's critic gives a non-zero
+    update from the first step, so a rank whose engine kept old weights would show a mismatch."""
+    run(tmp, "algorithm=ppo", "trainer=ddp_cpu", "optimizer.lr=1e-3", "callbacks.rollout_dump.enabled=true",
+        "run_name=ddp")  # fmt: skip
+    out = only((tmp / "logs/ddp/runs").iterdir())
+    rows = [r for r in csv.DictReader((out / "csv/metrics.csv").open()) if r.get("train/loss")]
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+    assert all(float(r["train/grad_norm"]) > 0 for r in rows)  # the weights change at every step
+    diffs = [float(r["rollout/logprob_abs_diff"]) for r in rows]  # the mean over both ranks' engines
+    assert all(0 <= d < 1e-4 for d in diffs), diffs
+    for step in range(4):
+        ranks = [[json.loads(line)["prompt"] for line in (out / "rollouts" / f"rollouts-step{step:06d}-rank{r}.jsonl")
+                  .open()] for r in (0, 1)]  # fmt: skip
+        assert len(ranks[0]) == len(ranks[1]) == 8 and not set(ranks[0]) & set(ranks[1])
+    assert (out / "run.log").read_text().count("building the vLLM engine") == 1  # rank zero's own log
+    assert (out / "train_ddp_process_1.log").read_text().count("building the vLLM engine") == 1
+    checksums = json.loads((out / "summary.json").read_text())["data_parallel"]["policy_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]

@@ -135,6 +135,9 @@ class StopOnSignal(L.Callback):
         GUARD.deferred = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # every rank stops at the same step when any got the signal (one all-reduce under DDP)
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(GUARD.received is not None, all=False):
+            GUARD.received = GUARD.received or int(signal.SIGTERM)
         if GUARD.received is None or trainer.global_step >= trainer.max_steps:
             return  # no signal, or training is over: the run ends as usual
         loop = trainer.fit_loop.epoch_loop

@@ -13,6 +13,11 @@
 The module asks the objective what it needs (``needs_reference``, ``needs_critic``,
 ``temperature_scaled``) and never branches on its name. Validation samples greedy and tempered
 completions on held-out prompts with the same engine.
+
+Under data parallelism (``trainer=ddp``) every rank runs this step on its shard of the step's
+batch with its own engine; the update averages the gradients once per optimizer step
+(``tbrm.update``), and the logged metrics and the validation accuracy are over all ranks
+(``tbrm.distributed.reduce_metrics``; docs/metrics.md says which are means, sums and maxima).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from contextlib import contextmanager
 import lightning as L
 import torch
 
+from tbrm.distributed import all_sum, gather_objects, reduce_metrics, weights_checksum
 from tbrm.models.critic import ValueModel
 from tbrm.models.forward import completion_logprobs
 from tbrm.models.loading import load_model_and_tokenizer
@@ -116,6 +122,7 @@ class RLModule(L.LightningModule):
         self.completions_seen, self.tokens_seen, self.train_time_s = 0, 0, 0.0
         self.last_val_step = -1
         self.initial_metrics: dict = {}  # validation before training (run.py), kept across a resume
+        self.rank_checksums: list[float] = []  # each rank's policy checksum after training (on_train_end)
         self.wall_time_before = 0.0  # wall time of the run before the checkpoint it resumed from
         self.started = time.time()
 
@@ -130,6 +137,14 @@ class RLModule(L.LightningModule):
         if self.ref_model is not None:
             self.ref_model.to(self.device)
 
+    def on_train_end(self) -> None:
+        """Every rank must end with the same policy (one all-reduced update per step from the same
+        start); a difference means the gradients were not synchronised, and the run fails."""
+        self.rank_checksums = gather_objects(weights_checksum(self.policy))
+        if len(set(self.rank_checksums)) > 1:
+            raise RuntimeError(f"the data-parallel ranks' policies differ after training (weight checksums "
+                               f"{self.rank_checksums}): their gradients were not averaged.")  # fmt: skip
+
     def score(self, rollout: RolloutBatch) -> torch.Tensor:
         """Rewards of a rollout batch as a (batch,) float tensor, checked (``invalid_reward``)."""
         rewards, bad = score_counted(self.reward_fn, rollout.completions, rollout.answers, invalid=self.invalid_reward)
@@ -138,6 +153,12 @@ class RLModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> None:
+        ddp = self.trainer.strategy.model
+        if isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+            # DDP's hooks would all-reduce at every micro-batch's backward (and hang when the ranks run
+            # different numbers of them): the update averages once per optimizer step instead. Lightning
+            # turns them back on after each step, so this is said at every step.
+            ddp.require_backward_grad_sync = False
         timer = Timer()
         with timer("rollout"):
             rollout, rewards = self.source.collect(batch, self.global_step, self.device)
@@ -180,6 +201,7 @@ class RLModule(L.LightningModule):
             "perf/peak_mem_gb": peak_mem_gb(self.device),
             **self.source.stats,
         }
+        metrics = reduce_metrics(metrics, summed=SUMMED, maxed=MAXED)  # over all ranks; one rank logs them
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=size)
         self.log("train/acc", metrics["train/accuracy"], prog_bar=True, logger=False, batch_size=size)
 
@@ -199,6 +221,9 @@ class RLModule(L.LightningModule):
         return opts, scheds
 
     # ---------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_counts = [0.0, 0.0, 0.0, 0.0]  # greedy correct, sampled correct, greedy tokens, prompts
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         cfg, size = self.rollout_cfg, len(batch["prompt"])
         prompts, answers, max_new = batch["prompt"], batch["answer"], cfg["max_new_tokens"]
@@ -206,14 +231,15 @@ class RLModule(L.LightningModule):
         sampled = self.engine.generate(
             prompts, answers, temperature=cfg["temperature"], top_p=cfg["top_p"], max_new_tokens=max_new
         )
-        metrics = {
-            "val/accuracy": (self.score(greedy) > 0).float().mean(),
-            "val/accuracy_sampled": (self.score(sampled) > 0).float().mean(),
-            "val/response_length": greedy.completion_mask.sum(1).float().mean(),
-        }
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        counts = ((self.score(greedy) > 0).sum(), (self.score(sampled) > 0).sum(), greedy.completion_mask.sum(), size)
+        self._val_counts = [total + float(c) for total, c in zip(self._val_counts, counts, strict=True)]
 
     def on_validation_epoch_end(self) -> None:
+        greedy, sampled, tokens, prompts = (float(c) for c in all_sum(*self._val_counts))  # every rank's prompts
+        if prompts:
+            metrics = {"val/accuracy": greedy / prompts, "val/accuracy_sampled": sampled / prompts,
+                       "val/response_length": tokens / prompts}  # fmt: skip
+            self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)  # equal on every rank already
         self.last_val_step = self.global_step
 
     # --------------------------------------------------------------------------- checkpoints
@@ -229,6 +255,12 @@ class RLModule(L.LightningModule):
     def wall_time_s(self) -> float:
         """Wall time of the whole run: before the checkpoint it resumed from, and in this process."""
         return self.wall_time_before + time.time() - self.started
+
+
+# logged train/ and perf/ keys summed (counts, throughput) or maximised (memory) over the ranks;
+# every other key is the mean over the ranks (docs/metrics.md)
+SUMMED = ("train/completions", "train/generated", "train/invalid_rewards", "train/tokens", "perf/tokens_per_s")
+MAXED = ("perf/peak_mem_gb", "perf/step_s")
 
 
 class Timer:

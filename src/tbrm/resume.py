@@ -11,6 +11,10 @@ multirun, ``hydra.sweep.dir=<sweep>``). A resumed run
 - restores, besides what Lightning restores (weights, optimizer, scheduler, loop counters and the
   data order of ``tbrm.data.loader.ResumableDataLoader``), the RNG states the next rollout draws
   from (:func:`rng_states`), so it produces the same metrics as the run that was not interrupted.
+
+Under data parallelism what differs between ranks (RNG states, replay buffer, counters) is kept
+for each rank (``checkpoint["ranks"]``, gathered by rank zero, which writes the file); a run resumes
+with the world size it was saved with.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 
+from tbrm.distributed import gather_objects, launch_rank, rank, world_size
 from tbrm.io import read_json, write_json
 
 CHECKPOINTS = "checkpoints"
@@ -80,23 +85,32 @@ MODULE_STATE = ("completions_seen", "generated", "tokens_seen", "train_time_s", 
 
 def save_module_state(module, checkpoint: dict) -> None:
     """Counters, metrics before training, wall time so far, the RNG states the next rollout draws
-    from, and the replay buffer, into a Lightning checkpoint."""
-    checkpoint.update({key: getattr(module, key) for key in MODULE_STATE})
-    checkpoint["wall_time_s"] = module.wall_time_s
-    checkpoint["rng_states"] = rng_states()
+    from, and the replay buffer, into a Lightning checkpoint: one entry per rank (called on every
+    rank, which all take part in the gather)."""
+    state = {key: getattr(module, key) for key in MODULE_STATE}
+    state["wall_time_s"] = module.wall_time_s
+    state["rng_states"] = rng_states()
     if module.replay is not None:
-        checkpoint["replay"] = module.replay.state_dict()
+        state["replay"] = module.replay.state_dict()
+    checkpoint["ranks"] = gather_objects(state)
 
 
 def load_module_state(module, checkpoint: dict) -> None:
+    ranks = checkpoint.get("ranks", [checkpoint])  # a checkpoint from before per-rank state: its top level
+    if len(ranks) != world_size():
+        raise ValueError(
+            f"the checkpoint was saved by {len(ranks)} data-parallel rank(s) and this run has {world_size()}; "
+            "resume with the trainer.devices and trainer.num_nodes it was saved with."
+        )
+    state = ranks[rank()]
     for key in MODULE_STATE:
-        if key in checkpoint:
-            setattr(module, key, checkpoint[key])
-    module.wall_time_before = checkpoint.get("wall_time_s", 0.0)
-    if "rng_states" in checkpoint:
-        set_rng_states(checkpoint["rng_states"])
-    if module.replay is not None and "replay" in checkpoint:
-        module.replay.load_state_dict(checkpoint["replay"])
+        if key in state:
+            setattr(module, key, state[key])
+    module.wall_time_before = state.get("wall_time_s", 0.0)
+    if "rng_states" in state:
+        set_rng_states(state["rng_states"])
+    if module.replay is not None and "replay" in state:
+        module.replay.load_state_dict(state["replay"])
 
 
 def is_run_dir(path: Path) -> bool:
@@ -161,9 +175,12 @@ def checkpoint_step(path: str | Path) -> int:
 
 def run_record(output_dir: str | Path, resuming: bool) -> dict:
     """``<run>/run.json``: the W&B run id, kept so that a resumed run logs to the same W&B run.
-    A fresh run gets a new id; a resumed one reads it back (or makes one, for a run from before)."""
+    A fresh run gets a new id; a resumed one reads it back (or makes one, for a run from before).
+    Only the process a user started writes it (rank zero, which alone logs to W&B)."""
     path = Path(output_dir) / RUN_FILE
     record = read_json(path) if resuming and path.exists() else {}
+    if launch_rank() != 0:
+        return {"wandb_id": record.get("wandb_id")}
     if "wandb_id" not in record:
         alphabet = string.ascii_lowercase + string.digits  # the shape of wandb's own run ids
         record["wandb_id"] = "".join(secrets.choice(alphabet) for _ in range(8))

@@ -197,6 +197,28 @@ def check_trainer(trainer: Mapping) -> None:
         _fail("trainer.val_check_interval", "an integer >= 1 (steps) or a fraction in (0, 1]", every)
 
 
+def data_parallel_world(trainer: Mapping) -> int | None:
+    """The data-parallel ranks a trainer config asks for (``devices x num_nodes``; ``auto`` on a GPU
+    accelerator: the visible GPUs; None where it cannot be told)."""
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    devices = len(devices) if isinstance(devices, list | tuple) else devices
+    if devices in ("auto", -1, "-1") and trainer.get("accelerator") in ("gpu", "cuda"):
+        import torch
+
+        devices = torch.cuda.device_count()
+    return devices * nodes if is_int(devices) and devices > 0 and is_int(nodes) and nodes > 0 else None
+
+
+def check_data_parallel(trainer: Mapping, data: Mapping) -> None:
+    """Each rank takes an equal part of every step's prompts (or stored groups)."""
+    world = data_parallel_world(trainer)
+    units = data.get("batch_size", 1) // max(data.get("group_size", 1), 1)
+    if world and world > 1 and is_int(data.get("batch_size")) and units % world:
+        what = "data.batch_size / data.group_size (groups per step)" if "group_size" in data else "data.batch_size"
+        _fail(what, f"a multiple of the {world} data-parallel ranks (trainer.devices x trainer.num_nodes)", units,
+              "each rank samples an equal part of every step")  # fmt: skip
+
+
 def check_guard(guard: Mapping) -> None:
     check_keys(guard, tuple(GUARD_CHOICES), "guard")
     for key, choices in GUARD_CHOICES.items():
@@ -216,6 +238,7 @@ def check_config(cfg: Mapping) -> None:
         check_scheduler(cfg.get("scheduler") or {})
         check_update(cfg.get("update") or {})
         check_trainer(cfg.get("trainer") or {})
+        check_data_parallel(cfg.get("trainer") or {}, cfg.get("data") or {})
         check_guard(cfg.get("guard") or {})
     elif mode in ("eval", "generate"):
         check_rollout(cfg.get("rollout") or {})

@@ -14,8 +14,13 @@ many as they ask for). Each step:
    critic's values) and ``objective.loss``, and back-propagates the loss scaled by the
    micro-batch's share of the minibatch (``aggregation_weight`` of each term's aggregation), so
    the accumulated gradient is the whole minibatch's whatever the split;
-3. clips the gradient norm of the policy and of the critic, drops a non-finite update
-   (``tbrm.guards``), and steps each optimizer.
+3. averages the gradients over the data-parallel ranks (one all-reduce per model:
+   ``tbrm.distributed.average_gradients``; the ranks may run different numbers of micro-batches,
+   so DDP's per-backward hooks are off), clips the gradient norm of the policy and of the critic,
+   drops a non-finite update (``tbrm.guards``), and steps each optimizer.
+
+Under data parallelism each micro-batch's share is of the whole data-parallel minibatch (its
+token and row counts summed over the ranks), so ``token-mean`` losses are exact over all ranks.
 
 Nothing here knows Lightning: the module passes its ``manual_backward`` and the step that
 Lightning counts (so ``trainer.global_step`` counts RL steps, not optimizer steps).
@@ -34,6 +39,7 @@ from collections.abc import Callable
 
 import torch
 
+from tbrm.distributed import all_sum, average_gradients, world_size
 from tbrm.guards import drop_nonfinite_update
 from tbrm.models.forward import completion_values
 from tbrm.objectives.common import aggregation_weight, masked_mean, sequence_kl, truncated_is_weights
@@ -153,12 +159,12 @@ class Update:
             for rows in (order[i :: objective.num_minibatches] for i in range(objective.num_minibatches)):
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
-                whole_mask = rollout.completion_mask[rows]
+                whole = self.whole_counts(rollout.completion_mask[rows])
                 loss = 0.0  # this minibatch's loss: a non-finite one never reaches the weights
                 plan = self.plan(rollout, rows, inert)
                 for sub, grad in plan:
                     with torch.set_grad_enabled(grad):
-                        weighted = self.micro_step(rollout, sub, exp, whole_mask, backward if grad else None,
+                        weighted = self.micro_step(rollout, sub, exp, whole, backward if grad else None,
                                                    recorded=recorded and not grad)  # fmt: skip
                     loss += weighted["train/loss"]
                     for key, value in weighted.items():
@@ -172,6 +178,8 @@ class Update:
                         for p in group:
                             p.grad = torch.zeros_like(p) if p.grad is None else p.grad
                 done += 1
+                for group in params:
+                    average_gradients(group)
                 norms = [torch.nn.utils.clip_grad_norm_(group, self.grad_clip) for group in params]
                 self.nonfinite_skipped += drop_nonfinite_update(loss, norms, params, mode=self.nonfinite, step=step)
                 for i, (opt, norm) in enumerate(zip(optimizers, norms, strict=True)):
@@ -180,6 +188,12 @@ class Update:
                     last = i == 0 and done == updates and counted_step is not None
                     counted_step() if last else opt.step()
         return sums | self.rollout_metrics
+
+    @staticmethod
+    def whole_counts(mask: torch.Tensor) -> tuple[float, float]:
+        """A minibatch's completion tokens and rows, as the mean over the data-parallel ranks."""
+        tokens, rows = all_sum(mask.sum(), mask.shape[0])
+        return float(tokens) / world_size(), float(rows) / world_size()
 
     def measure_mismatch(self, sub: list[int], mexp: dict) -> None:
         """Add the fresh rows of micro-batch ``sub`` to ``rollout/logprob_abs_diff``: |behaviour -
@@ -200,10 +214,11 @@ class Update:
             (sub, grad) for part, grad in ((active, True), (idle, False)) for sub in self.micro_batches(rollout, part)
         ]
 
-    def micro_step(self, rollout, sub, exp, whole_mask, backward=None, recorded=False) -> dict[str, float]:
+    def micro_step(self, rollout, sub, exp, whole, backward=None, recorded=False) -> dict[str, float]:
         """Forward (and with ``backward``, backward) of the micro-batch ``sub`` (rows of the
         rollout); returns its metrics, each already scaled by the micro-batch's share of the
-        minibatch, so that they add up to the minibatch's values. ``recorded`` (no grad, policy
+        minibatch (``whole``: its tokens and rows, ``whole_counts``), so that they add up to the
+        minibatch's values. ``recorded`` (no grad, policy
         unchanged since the rollout): the policy's log-probs, entropies and V(s_1) come from
         ``rollout.stats`` instead of a forward pass."""
         objective = self.objective
@@ -229,7 +244,7 @@ class Update:
 
         def weight(mode: str) -> float:
             if mode not in weights:
-                weights[mode] = aggregation_weight(mode, mb.completion_mask, whole_mask)
+                weights[mode] = aggregation_weight(mode, mb.completion_mask, *whole)
             return weights[mode]
 
         total = sum(term * weight(mode) for mode, term in terms)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from tbrm.distributed import launch_rank
 from tbrm.io import write_json
 
 
@@ -73,8 +74,11 @@ def build_loggers(
             extra = {"tags": tags, "group": group, "id": wandb_id, **({"resume": "allow"} if resume else {})}
         logger = instantiate(cfg, **extra)
         logger.log_hyperparams(config)
+        if not csv_rows or launch_rank() != 0:  # Lightning's loggers write from rank zero only
+            loggers.append(logger)
+            continue
         offline_wandb = isinstance(logger, WandbLogger) and logger.experiment.settings.mode == "offline"
-        if csv_rows and (isinstance(logger, CSVLogger) or offline_wandb):
+        if isinstance(logger, CSVLogger) or offline_wandb:
             for row in csv_rows:
                 logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
             logger.save()

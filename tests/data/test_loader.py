@@ -51,3 +51,40 @@ def test_a_restored_loader_continues_with_the_next_batch(taken):
         rest += [next(it) for _ in range(3 - taken % 3)]
     rest += epochs(restored, 3)
     assert seen + rest[: len(reference) - taken] == reference
+
+
+def sharded(rank, world=2, per_rank=3, data=range(23)):
+    return ResumableDataLoader(list(data), batch_size=per_rank, drop_last=True, collate_fn=keep, rank=rank,
+                               world=world, generator=torch.Generator().manual_seed(7))  # fmt: skip
+
+
+def test_ranks_take_disjoint_parts_of_the_one_process_batches():
+    whole = epochs(ResumableDataLoader(list(range(23)), batch_size=6, drop_last=True, collate_fn=keep,
+                                       generator=torch.Generator().manual_seed(7)), 2)  # fmt: skip
+    parts = [epochs(sharded(rank), 2) for rank in (0, 1)]
+    assert len(parts[0]) == len(parts[1]) == len(whole) == 6  # 3 global batches of 6 per epoch
+    for batch, first, second in zip(whole, *parts, strict=True):
+        assert first + second == batch and not set(first) & set(second)
+
+
+@pytest.mark.parametrize("taken", range(1, 7))
+def test_a_restored_rank_continues_with_its_part_of_the_next_batch(taken):
+    for rank in (0, 1):
+        reference = epochs(sharded(rank), 3)
+        loader, seen = sharded(rank), []
+        while len(seen) < taken:
+            it = iter(loader)
+            seen += [next(it) for _ in range(min(len(loader), taken - len(seen)))]
+        restored = sharded(rank)
+        restored.load_state_dict(loader.state_dict())
+        rest = []
+        if taken % 3:  # the epoch it was in, then new ones
+            it = iter(restored)
+            rest += [next(it) for _ in range(3 - taken % 3)]
+        rest += epochs(restored, 2)
+        assert seen + rest[: len(reference) - taken] == reference
+
+
+def test_too_little_data_for_one_step_on_every_rank_is_refused():
+    with pytest.raises(ValueError, match="cannot fill one step of 3 per rank on 2 ranks"):
+        sharded(0, data=range(5))

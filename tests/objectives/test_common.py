@@ -58,7 +58,7 @@ def test_micro_batch_weights_rebuild_the_whole_batch_loss():
         agg = mode if mode != "seq-mean" else "seq-mean-token-mean"
         whole = aggregate_loss(loss_mat, mask, agg, norm_length=5)
         parts = sum(
-            aggregation_weight(mode, m, mask) * aggregate_loss(x, m, agg, 5)
+            aggregation_weight(mode, m, float(mask.sum()), mask.shape[0]) * aggregate_loss(x, m, agg, 5)
             for x, m in ((loss_mat[:4], mask[:4]), (loss_mat[4:], mask[4:]))
         )
         assert parts.item() == pytest.approx(whole.item(), rel=1e-5), mode

@@ -26,8 +26,10 @@ class PromptDataModule(L.LightningDataModule):
     Args:
         task: an object whose ``splits()`` returns ``{"train", "validation", "test"}`` record lists
             (e.g. ``tbrm.data.arithmetic.ArithmeticTask``).
-        batch_size: prompts per RL step.
-        val_batch_size: prompts per validation generate call.
+        batch_size: prompts per RL step, over all ranks (each of ``world`` data-parallel ranks
+            samples ``batch_size / world`` of them, ``tbrm.data.loader``).
+        val_batch_size: prompts per validation generate call (per rank; each rank validates on
+            its own part of the split).
         num_workers: DataLoader workers (0: in the main process).
     """
 
@@ -42,13 +44,21 @@ class PromptDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size
         self.num_workers = num_workers
 
+    @property
+    def ranks(self) -> tuple[int, int]:
+        """``(rank, world)`` of the trainer this DataModule feeds (``(0, 1)`` without one)."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         records = self.task.splits()[split]
         if not records:
             raise ValueError(f"the task's {split!r} split is empty; check the data config.")
         if shuffle:
             return self._shuffled(records, batch_size, collate_prompts)
-        return DataLoader(records, batch_size=batch_size, collate_fn=collate_prompts, num_workers=self.num_workers)
+        rank, world = self.ranks  # each rank validates on its part; the module sums the counts
+        return DataLoader(records[rank::world], batch_size=batch_size, collate_fn=collate_prompts,
+                          num_workers=self.num_workers)  # fmt: skip
 
     def skipped_rows(self) -> dict[str, int]:
         """Bad rows skipped per split (``skip_bad_rows=true``), for the logs and ``summary.json``."""
@@ -56,14 +66,23 @@ class PromptDataModule(L.LightningDataModule):
 
     def _shuffled(self, records: list, batch_size: int, collate_fn) -> ResumableDataLoader:
         """Training batches in a new order each epoch, from the run's seed; resumable, so a resumed
-        run sees the batches the uninterrupted one would."""
+        run sees the batches the uninterrupted one would. ``batch_size`` units per step over all
+        ranks; this rank gets its part."""
+        rank, world = self.ranks
+        if batch_size % world:
+            raise ValueError(
+                f"data.batch_size ({batch_size}{' groups' if collate_fn is collate_trajectories else ''}) must "
+                f"divide by the {world} data-parallel ranks (trainer.devices x trainer.num_nodes)."
+            )
         return ResumableDataLoader(
             records,
-            batch_size=batch_size,
+            batch_size=batch_size // world,
             drop_last=len(records) >= batch_size,
             collate_fn=collate_fn,
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(torch.initial_seed() % 2**63),
+            rank=rank,
+            world=world,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -10,6 +10,9 @@ Rows are completions, grouped by prompt: rows ``i*G .. i*G+G-1`` share the i-th 
     gae_advantages           GAE (Schulman et al. 2016, Eq. 16), PPO
     whiten                   mean 0, variance 1 over the masked positions
 
+Batch statistics (``scale_rewards=batch``, REINFORCE++'s baseline, ``whiten``) are over the whole
+data-parallel batch: every rank's rows (``tbrm.distributed.batch_moments``; one rank: this batch).
+
 ``ADVANTAGES`` maps ``algorithm.advantage`` to the critic-free estimators a policy-gradient
 objective takes from config (``tbrm.objectives.grpo.GRPO``): a new estimator is one function here
 and one entry there.
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tbrm.objectives.common import masked_mean
+from tbrm.distributed import batch_moments
 
 SCALE_REWARDS = ("group", "batch", "none")
 
@@ -31,6 +34,12 @@ def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}.")
     return rewards.float().view(-1, group_size)
+
+
+def _batch_std(rewards: torch.Tensor) -> torch.Tensor:
+    """The unbiased standard deviation of every rank's rewards."""
+    n, s1, s2 = batch_moments(rewards)
+    return ((s2 - s1 * s1 / n) / (n - 1).clamp(min=1.0)).clamp(min=0.0).sqrt().to(rewards.dtype)
 
 
 def group_advantages(
@@ -52,7 +61,7 @@ def group_advantages(
     if scale_rewards == "group":
         centered = centered / (std + eps)
     elif scale_rewards == "batch":
-        centered = centered / (rewards.float().std() + eps)
+        centered = centered / (_batch_std(rewards.float()) + eps)
     elif scale_rewards != "none":
         raise ValueError(f"unknown scale_rewards {scale_rewards!r}; choose one of {SCALE_REWARDS}.")
     return centered.reshape(-1), std.squeeze(1) == 0
@@ -79,10 +88,10 @@ def reinforce_pp_advantages(
     grouped = _grouped(rewards, group_size)
     centered = (grouped - grouped.mean(1, keepdim=True) if group_size > 1 else grouped).reshape(-1)
     tokens = mask.float().sum(1)  # each row's value counts once per completion token
-    total = tokens.sum().clamp(min=1.0)
-    mean = (tokens * centered).sum() / total
-    var = (tokens * (centered - mean).pow(2)).sum() / (total - 1).clamp(min=1.0)  # unbiased, as verl's
-    return (centered - mean) * torch.rsqrt(var + eps)
+    total, s1, s2 = batch_moments(centered, tokens)
+    mean = s1 / total.clamp(min=1.0)
+    var = (s2 - total * mean * mean).clamp(min=0.0) / (total - 1).clamp(min=1.0)  # unbiased, as verl's
+    return ((centered - mean) * torch.rsqrt(var + eps)).to(centered.dtype)
 
 
 def outcome_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -126,9 +135,10 @@ def gae_advantages(
 def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Shift and scale ``values`` (batch, response_len) to mean 0, variance 1 over the masked
     positions; 0 on padding."""
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean).pow(2), mask)
-    return (values - mean) * torch.rsqrt(var + eps) * mask
+    n, s1, s2 = batch_moments(values, mask.float())
+    mean = s1 / n.clamp(min=1.0)
+    var = (s2 / n.clamp(min=1.0) - mean * mean).clamp(min=0.0)
+    return ((values - mean) * torch.rsqrt(var + eps) * mask).to(values.dtype)
 
 
 @dataclass(frozen=True)

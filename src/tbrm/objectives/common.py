@@ -76,15 +76,18 @@ def aggregate_loss(
     raise ValueError(f"unknown loss_agg_mode {mode!r}; choose one of {LOSS_AGG_MODES}.")
 
 
-def aggregation_weight(mode: str, part_mask: torch.Tensor, whole_mask: torch.Tensor) -> float:
+def aggregation_weight(mode: str, part_mask: torch.Tensor, whole_tokens: float, whole_rows: float) -> float:
     """The weight of one micro-batch's aggregated loss in its (mini-)batch's loss.
 
     Summing ``weight * aggregate_loss(part)`` over the micro-batches of a batch gives
     ``aggregate_loss(batch)`` exactly: token counts for ``token-mean``, row counts otherwise.
+    ``whole_tokens``, ``whole_rows``: the batch's completion tokens and rows (under data
+    parallelism their mean over the ranks, so that averaging the ranks' gradients gives the loss
+    of the whole data-parallel batch).
     """
     if mode == "token-mean":
-        return float(part_mask.sum()) / max(float(whole_mask.sum()), 1.0)
-    return part_mask.shape[0] / max(whole_mask.shape[0], 1)
+        return float(part_mask.sum()) / max(whole_tokens, 1.0)
+    return part_mask.shape[0] / max(whole_rows, 1.0)
 
 
 def clipped_surrogate(

@@ -28,6 +28,7 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 
+from tbrm.distributed import launch_rank
 from tbrm.interrupt import Interrupted
 from tbrm.io import read_json, write_json
 
@@ -39,6 +40,8 @@ class JobStatusCallback(Callback):
     the error and traceback (Hydra itself keeps a failed job's exception only in memory)."""
 
     def on_job_end(self, config, job_return: JobReturn, **kwargs: Any) -> None:
+        if launch_rank() != 0:  # the other data-parallel ranks of the job run it too: one writes
+            return
         out = Path(job_return.hydra_cfg.hydra.runtime.output_dir) if job_return.hydra_cfg else None
         if out is None or not out.exists():
             return
