@@ -38,6 +38,7 @@ from tbrm.models.policy import load_options, resolve_policy  # noqa: E402
 from tbrm.modes import eval_settings, evaluate, generate  # noqa: E402
 from tbrm.module import RLModule  # noqa: E402
 from tbrm.resume import Resume  # noqa: E402
+from tbrm.sharding import full_state_dict  # noqa: E402
 from tbrm.settings import check_config, data_parallel_world, renamed_overrides  # noqa: E402
 from tbrm.utils import build_loggers, finish_loggers, write_summary  # noqa: E402
 
@@ -125,11 +126,12 @@ def train(cfg: DictConfig) -> float | None:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     log.info("after training: %s", final)
+    weights = full_state_dict(module.policy)  # sharded (trainer=fsdp): gathered to rank zero, with every rank
     if not trainer.is_global_zero:  # the other data-parallel ranks hold the same policy: rank zero writes
         return final.get(cfg.optimized_metric)
 
     with atomic_dir(out / "policy") as policy:  # loadable as model.name_or_path=<out>/policy
-        module.policy.save_pretrained(policy)
+        module.policy.save_pretrained(policy, state_dict=weights)
         module.tokenizer.save_pretrained(policy)
     summary = write_summary(
         out / "summary.json",
@@ -141,7 +143,8 @@ def train(cfg: DictConfig) -> float | None:
         seed=cfg.seed,
         policy_path=policy_path,
         skipped_rows=skipped,
-        data_parallel={"world_size": trainer.world_size, "policy_checksums": module.rank_checksums},
+        data_parallel={"world_size": trainer.world_size, "policy_checksums": module.rank_checksums,
+                       "policy_params_per_rank": module.rank_params},  # fmt: skip
         **({"benchmarks": dict(benchmark_eval.history[-1:])} if benchmark_eval and benchmark_eval.history else {}),
     )
     log.info("summary: %s", json.dumps(summary))

@@ -268,3 +268,15 @@ def test_hparams_search_composes_the_optuna_sweeper(tmp_path):
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
     assert set(cfg.hydra.sweeper.params) == {"optimizer.lr", "algorithm.beta"}
     assert cfg.optimized_metric == "val/accuracy_sampled"
+
+
+def test_data_parallel_trainers_shard_the_data_themselves(tmp_path):
+    for name, strategy in (("ddp", "DDPStrategy"), ("ddp_cpu", "DDPStrategy"), ("fsdp", "fsdp_strategy"),
+                           ("fsdp_cpu", "fsdp_strategy")):  # fmt: skip
+        cfg = compose_cfg(tmp_path, [f"trainer={name}"])
+        assert cfg.trainer.strategy._target_.endswith(strategy) and cfg.trainer.use_distributed_sampler is False
+        assert cfg.trainer.devices * cfg.trainer.num_nodes > 1
+    gpu = compose_cfg(tmp_path, ["trainer=fsdp", "trainer.devices=8", "trainer.num_nodes=2"])
+    assert gpu.trainer.precision == "bf16-mixed" and gpu.trainer.strategy.devices == 8
+    strategy = instantiate(gpu.trainer.strategy)
+    assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == (16, 1)  # every rank shards the data

@@ -126,3 +126,15 @@ def test_a_mistyped_ckpt_path_fails_before_any_work(tmp_path):
     assert proc.returncode != 0 and f"ckpt_path={tmp_path}/nope.ckpt does not exist" in proc.stderr
     assert "warm start (SFT)" not in proc.stderr and not (tmp_path / "cache").exists()
     assert time.time() - began < 60
+
+
+def test_a_checkpoint_of_another_world_size_is_refused():
+    from types import SimpleNamespace
+
+    from tbrm.resume import load_module_state
+
+    module = SimpleNamespace(replay=None)
+    with pytest.raises(ValueError, match=r"saved by 2 data-parallel rank\(s\) and this run has 1"):
+        load_module_state(module, {"ranks": [{}, {}]})
+    load_module_state(module, {"ranks": [{"completions_seen": 8, "wall_time_s": 3.0}]})
+    assert module.completions_seen == 8 and module.wall_time_before == 3.0

@@ -1,8 +1,10 @@
-"""Data-parallel runs of the real run.py: ``trainer=ddp_cpu`` (Lightning DDP, 2 gloo processes).
+"""Data-parallel runs of the real run.py on 2 gloo processes: ``trainer=ddp_cpu`` (Lightning DDP)
+and ``trainer=fsdp_cpu`` (FSDP2 under Lightning's ModelParallelStrategy).
 
-Stored trajectories with mixed rewards make every algorithm's gradient non-zero; on them a DDP run
-must give the weights of one process training on the union of both ranks' batches. Fresh rollouts
-show the sharding (each rank its own prompts, whole groups) and an exact resume of a killed run.
+Stored trajectories with mixed rewards make every algorithm's gradient non-zero; on them a
+data-parallel run must give the weights of one process training on the union of both ranks'
+batches. Fresh rollouts show the data sharding (each rank its own prompts, whole groups) and an
+exact resume of a killed run.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tbrm.wandb_offline import read_offline_run
 pytestmark = pytest.mark.slow
 
 DDP = ["trainer=ddp_cpu"]
+PARALLEL = ["ddp_cpu", "fsdp_cpu"]
 
 
 def train_rows(run: Path) -> list[dict]:
@@ -52,15 +55,29 @@ def trajectories(tmp_path_factory) -> Path:
     return tmp
 
 
-@pytest.fixture(scope="module", params=["tbrm", "grpo", "ppo"])
-def stored_runs(request, trajectories, tmp_path_factory):
-    """One process and two DDP ranks on the same stored trajectories, seed and lr."""
-    tmp, algorithm = tmp_path_factory.mktemp(f"ddp_{request.param}"), request.param
+@pytest.fixture(scope="module")
+def single_runs(trajectories, tmp_path_factory):
+    """One process on the stored trajectories, per algorithm, run when first asked for."""
+    runs = {}
+
+    def get(algorithm: str, common: list[str]) -> Path:
+        if algorithm not in runs:
+            tmp = tmp_path_factory.mktemp(f"single_{algorithm}")
+            run_py(ROOT, tmp, *common, f"hydra.run.dir={tmp / 'single'}")
+            runs[algorithm] = tmp / "single"
+        return runs[algorithm]
+
+    return get
+
+
+@pytest.fixture(scope="module", params=[(a, t) for a in ("tbrm", "grpo", "ppo") for t in PARALLEL], ids=str)
+def stored_runs(request, trajectories, single_runs, tmp_path_factory):
+    """One process and two data-parallel ranks on the same stored trajectories, seed and lr."""
+    (algorithm, trainer), tmp = request.param, tmp_path_factory.mktemp(f"{request.param[1]}_{request.param[0]}")
     common = [f"algorithm={algorithm}", "data=trajectories", f"data.path={trajectories / 'gen' / 'trajectories'}",
               "rollout.n=2", "optimizer.lr=1e-3", "seed=1", f"paths.cache_dir={trajectories}/cache"]  # fmt: skip
-    single, ddp = tmp / "single", tmp / "ddp"
-    run_py(ROOT, tmp, *common, f"hydra.run.dir={single}")
-    run_py(ROOT, tmp, *common, *DDP, f"hydra.run.dir={ddp}")
+    single, ddp = single_runs(algorithm, common), tmp / "parallel"
+    run_py(ROOT, tmp, *common, f"trainer={trainer}", f"hydra.run.dir={ddp}")
     return algorithm, single, ddp
 
 
@@ -78,6 +95,11 @@ def test_ranks_end_with_one_policy_that_of_one_process_on_the_union(stored_runs)
     diff = max(float((alone[k] - saved[k]).abs().max()) for k in alone)
     assert moved > 1e-4, "the steps should change the weights"
     assert diff < 1e-3 * moved, (algorithm, diff, moved)  # (c) the weights of one process on the union
+    held, total = summary["data_parallel"]["policy_params_per_rank"], sum(t.numel() for t in saved.values())
+    if ddp.parent.name.startswith("fsdp"):  # sharded: each rank held its half between steps
+        assert sum(held) == total and max(held) < 0.6 * total
+    else:
+        assert held == [total, total]
 
 
 def test_logged_losses_are_those_of_the_whole_batch(stored_runs):
@@ -105,16 +127,20 @@ FRESH = ["algorithm=grpo", "rollout.n=2", "callbacks.rollout_dump.enabled=true",
 
 def start(tmp: Path, run: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "run.py", f"paths.log_dir={tmp}/logs", f"paths.cache_dir={tmp}/cache", *TINY, *FRESH,
-           *DDP, f"hydra.run.dir={run}", *extra]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # fmt: skip
+           f"hydra.run.dir={run}", *extra]  # fmt: skip
+    log = open(tmp / f"{run.name}.stderr", "w")  # a file, not a pipe: a full pipe would stall the run
+    return subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+
+
+def stderr(tmp: Path, run: Path) -> str:
+    return (tmp / f"{run.name}.stderr").read_text()[-3000:]
 
 
 def kill_after_first_checkpoint(proc: subprocess.Popen, ckpt: Path, timeout: float = 600) -> None:
     """SIGKILL the run's whole process group (both ranks) once ``ckpt`` exists."""
     deadline = time.time() + timeout
     while not ckpt.exists():
-        assert proc.poll() is None, f"the run ended before its checkpoint:\n{proc.stderr.read()[-3000:]}"
+        assert proc.poll() is None, "the run ended before its checkpoint"
         assert time.time() < deadline, "no checkpoint in time"
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -122,16 +148,23 @@ def kill_after_first_checkpoint(proc: subprocess.Popen, ckpt: Path, timeout: flo
 
 
 @pytest.fixture(scope="module")
-def fresh_runs(tmp_path_factory):
-    """GRPO with fresh rollouts: one process, DDP, and DDP killed after its step-2 checkpoint and resumed."""
-    tmp = tmp_path_factory.mktemp("ddp_fresh")
-    single, whole, resumed = tmp / "single", tmp / "whole", tmp / "resumed"
-    run_py(ROOT, tmp, *FRESH, f"hydra.run.dir={single}")
-    run_py(ROOT, tmp, *FRESH, *DDP, f"hydra.run.dir={whole}")
-    kill_after_first_checkpoint(start(tmp, resumed), resumed / "checkpoints" / "last.ckpt")
+def fresh_single(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("fresh_single")
+    run_py(ROOT, tmp, *FRESH, f"hydra.run.dir={tmp / 'single'}")
+    return tmp / "single"
+
+
+@pytest.fixture(scope="module", params=PARALLEL)
+def fresh_runs(request, fresh_single, tmp_path_factory):
+    """GRPO with fresh rollouts: one process, two ranks, and two ranks killed after the step-2
+    checkpoint and resumed."""
+    tmp, trainer = tmp_path_factory.mktemp(f"fresh_{request.param}"), [f"trainer={request.param}"]
+    whole, resumed = tmp / "whole", tmp / "resumed"
+    run_py(ROOT, tmp, *FRESH, *trainer, f"hydra.run.dir={whole}")
+    kill_after_first_checkpoint(start(tmp, resumed, *trainer), resumed / "checkpoints" / "last.ckpt")
     assert not (resumed / "summary.json").exists()
-    run_py(ROOT, tmp, *FRESH, *DDP, f"ckpt_path={resumed}")
-    return single, whole, resumed
+    run_py(ROOT, tmp, *FRESH, *trainer, f"ckpt_path={resumed}")
+    return fresh_single, whole, resumed
 
 
 def dump(run: Path, step: int, rank: int) -> list[dict]:
@@ -181,3 +214,21 @@ def test_a_local_sweep_of_data_parallel_jobs_is_refused_before_any_work(tmp_path
 def test_a_batch_that_does_not_divide_by_the_ranks_is_refused(tmp_path):
     proc = run_py(ROOT, tmp_path, *DDP, "data.batch_size=15", check=False)
     assert proc.returncode != 0 and "data.batch_size must be a multiple of the 2 data-parallel ranks" in proc.stderr
+
+
+def test_a_signal_to_rank_zero_stops_both_ranks_at_one_step_and_resumes(tmp_path):
+    run, long = tmp_path / "run", ["trainer.max_steps=40", "trainer.val_check_interval=40", "rollout.engine=compact"]
+    proc = start(tmp_path, run, *DDP, *long)
+    deadline = time.time() + 600
+    while not (run / "rollouts" / "rollouts-step000002-rank1.jsonl").exists():
+        assert proc.poll() is None and time.time() < deadline, stderr(tmp_path, run)
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # the process a user started: rank zero only
+    assert proc.wait(timeout=300) == 143
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == "SIGTERM" and 3 <= status["step"] < 40
+    for rank in (0, 1):  # both ranks ended the same step, and no other
+        assert len(list((run / "rollouts").glob(f"*-rank{rank}.jsonl"))) == status["step"]
+    run_py(ROOT, tmp_path, *FRESH, *DDP, *long, f"ckpt_path={status['checkpoint']}")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 40 and json.loads((run / "status.json").read_text())["status"] == "completed"

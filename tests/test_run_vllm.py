@@ -112,12 +112,14 @@ def test_an_interrupted_run_resumes_exactly_on_vllm(tmp):
     assert rows(resumed / "csv" / "metrics.csv") == rows(whole / "csv" / "metrics.csv")
 
 
-def test_each_ddp_rank_samples_with_its_own_engine_synced_after_every_update(tmp):
-    """trainer=ddp_cpu: two ranks, each its own vllm.LLM in its process. PPO's critic gives a non-zero
-    update from the first step, so a rank whose engine kept old weights would show a mismatch."""
-    run(tmp, "algorithm=ppo", "trainer=ddp_cpu", "optimizer.lr=1e-3", "callbacks.rollout_dump.enabled=true",
-        "run_name=ddp")  # fmt: skip
-    out = only((tmp / "logs/ddp/runs").iterdir())
+@pytest.mark.parametrize("trainer", ["ddp_cpu", "fsdp_cpu"])
+def test_each_rank_samples_with_its_own_engine_synced_after_every_update(tmp, trainer):
+    """Two ranks, each its own vllm.LLM in its process (under FSDP synced from the weights gathered
+    for the step). PPO's critic gives a non-zero update from the first step, so a rank whose engine
+    kept old weights would show a mismatch."""
+    run(tmp, "algorithm=ppo", f"trainer={trainer}", "optimizer.lr=1e-3", "callbacks.rollout_dump.enabled=true",
+        f"run_name={trainer}")  # fmt: skip
+    out = only((tmp / f"logs/{trainer}/runs").iterdir())
     rows = [r for r in csv.DictReader((out / "csv/metrics.csv").open()) if r.get("train/loss")]
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
     assert all(float(r["train/grad_norm"]) > 0 for r in rows)  # the weights change at every step

@@ -115,3 +115,16 @@ def test_run_py_fails_within_seconds_before_any_warm_start(tmp_path, override, m
     assert proc.returncode == 1 and message in proc.stderr
     assert "warm start (SFT)" not in proc.stderr and not (tmp_path / "cache" / "warm_start").exists()
     assert time.time() - began < 60  # interpreter start and imports: about 6 s on 2 cores
+
+
+def test_each_rank_needs_an_equal_part_of_the_batch():
+    from tbrm.settings import check_data_parallel, data_parallel_world
+
+    assert data_parallel_world({"devices": 4, "num_nodes": 2}) == 8
+    assert data_parallel_world({"devices": [0, 1]}) == 2 and data_parallel_world({"devices": "auto"}) is None
+    check_data_parallel({"devices": 2}, {"batch_size": 16})
+    with pytest.raises(ValueError, match=r"data.batch_size must be a multiple of the 3 data-parallel ranks"):
+        check_data_parallel({"devices": 3}, {"batch_size": 16})
+    with pytest.raises(ValueError, match=r"data.batch_size / data.group_size \(groups per step\) must be"):
+        check_data_parallel({"devices": 2, "num_nodes": 1}, {"batch_size": 12, "group_size": 4})  # 3 groups
+    check_data_parallel({"devices": 2}, {"batch_size": 16, "group_size": 4})  # 4 groups: 2 per rank

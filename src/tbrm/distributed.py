@@ -93,7 +93,8 @@ def weights_checksum(model: torch.nn.Module) -> float:
     """A number that equal weights share exactly (the sum of every parameter and of its square, in
     float64, in parameter order): the ranks compare theirs after training."""
     with torch.no_grad():
-        return float(sum(p.double().sum() + p.double().square().sum() for p in model.parameters()))
+        whole = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]  # a shard: gathered
+        return float(sum(p.double().sum() + p.double().square().sum() for p in whole))
 
 
 def gather_objects(obj) -> list:

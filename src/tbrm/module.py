@@ -40,6 +40,7 @@ from tbrm.rewards.scoring import score_counted
 from tbrm.rollout.batch import RolloutBatch
 from tbrm.rollout.engine import make_engine
 from tbrm.rollout.source import StepSource
+from tbrm.sharding import GradientSync, gather, gathered, is_sharded, release, shard
 from tbrm.update import Update
 from tbrm.utils import peak_mem_gb
 
@@ -123,6 +124,7 @@ class RLModule(L.LightningModule):
         self.last_val_step = -1
         self.initial_metrics: dict = {}  # validation before training (run.py), kept across a resume
         self.rank_checksums: list[float] = []  # each rank's policy checksum after training (on_train_end)
+        self.rank_params: list[int] = []  # the policy's parameters each rank holds after training
         self.wall_time_before = 0.0  # wall time of the run before the checkpoint it resumed from
         self.started = time.time()
 
@@ -137,10 +139,25 @@ class RLModule(L.LightningModule):
         if self.ref_model is not None:
             self.ref_model.to(self.device)
 
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (``trainer=fsdp``): shard the policy and the critic over the
+        data-parallel ranks (``tbrm.sharding``). Lightning calls it before the optimizers exist."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy) or is_sharded(self.policy):
+            return
+        mesh = self.trainer.strategy.device_mesh["data_parallel"]
+        for model in (self.policy, self.critic):
+            if model is not None:
+                shard(model, mesh)
+        self.update.sync = GradientSync(self.policy, self.critic)
+
     def on_train_end(self) -> None:
         """Every rank must end with the same policy (one all-reduced update per step from the same
         start); a difference means the gradients were not synchronised, and the run fails."""
         self.rank_checksums = gather_objects(weights_checksum(self.policy))
+        local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in self.policy.parameters())
+        self.rank_params = gather_objects(local)  # each rank's share of the policy (all of it unless sharded)
         if len(set(self.rank_checksums)) > 1:
             raise RuntimeError(f"the data-parallel ranks' policies differ after training (weight checksums "
                                f"{self.rank_checksums}): their gradients were not averaged.")  # fmt: skip
@@ -159,6 +176,10 @@ class RLModule(L.LightningModule):
             # different numbers of them): the update averages once per optimizer step instead. Lightning
             # turns them back on after each step, so this is said at every step.
             ddp.require_backward_grad_sync = False
+        with gathered(self.policy, self.critic):  # sharded: the weights whole for the step's forwards
+            self.rl_step(batch)
+
+    def rl_step(self, batch: dict) -> None:
         timer = Timer()
         with timer("rollout"):
             rollout, rewards = self.source.collect(batch, self.global_step, self.device)
@@ -223,6 +244,7 @@ class RLModule(L.LightningModule):
     # ---------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         self._val_counts = [0.0, 0.0, 0.0, 0.0]  # greedy correct, sampled correct, greedy tokens, prompts
+        gather(*[m for m in (self.policy,) if is_sharded(m)])  # sharded: whole for the validation
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         cfg, size = self.rollout_cfg, len(batch["prompt"])
@@ -235,6 +257,7 @@ class RLModule(L.LightningModule):
         self._val_counts = [total + float(c) for total, c in zip(self._val_counts, counts, strict=True)]
 
     def on_validation_epoch_end(self) -> None:
+        release(*[m for m in (self.policy,) if is_sharded(m)])
         greedy, sampled, tokens, prompts = (float(c) for c in all_sum(*self._val_counts))  # every rank's prompts
         if prompts:
             metrics = {"val/accuracy": greedy / prompts, "val/accuracy_sampled": sampled / prompts,

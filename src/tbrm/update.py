@@ -47,6 +47,11 @@ from tbrm.rollout.batch import RolloutBatch
 from tbrm.rollout.batching import plan_micro_batches
 
 
+def _full(norm: torch.Tensor) -> torch.Tensor:
+    """A gradient norm as a plain tensor (a sharded model's is a replicated DTensor)."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
 class Update:
     """Args:
     objective: a ``tbrm.objectives.base.Objective``.
@@ -79,6 +84,7 @@ class Update:
         self.rollout_metrics: dict[str, float] = {}  # this step's rollout/ metrics
         self._mismatch: list[float] | None = None  # [sum |diff|, tokens] over the first step's fresh rows
         self.fresh = 0  # the leading rows of this step's rollout sampled now
+        self.sync = None  # a tbrm.sharding.GradientSync when the models are sharded (set by the module)
 
     # ------------------------------------------------------------------ micro-batches, no-grad passes
     def micro_batches(self, rollout: RolloutBatch, rows: list[int]) -> list[list[int]]:
@@ -148,7 +154,8 @@ class Update:
         if inert is not None:
             sums["train/inert_frac"] = inert.float().mean().item()
             inert = inert.tolist()
-        params = [list(m.parameters()) for m in (self.policy, self.critic) if m is not None]
+        # what each optimizer steps (a sharded model's shards, not the weights gathered for the step)
+        params = [[p for group in opt.param_groups for p in group["params"]] for opt in optimizers]
         updates = objective.epochs * objective.num_minibatches
         # one optimizer step per rollout: the policy stays the sampler until the update ends
         stats = rollout.stats
@@ -162,7 +169,12 @@ class Update:
                 whole = self.whole_counts(rollout.completion_mask[rows])
                 loss = 0.0  # this minibatch's loss: a non-finite one never reaches the weights
                 plan = self.plan(rollout, rows, inert)
-                for sub, grad in plan:
+                last = max((i for i, (_, grad) in enumerate(plan) if grad), default=-1)
+                if self.sync and last < 0:  # every rank reduce-scatters once per optimizer step
+                    self.zero_backward(rollout, backward)
+                for i, (sub, grad) in enumerate(plan):
+                    if self.sync and grad:
+                        self.sync.before_backward(i == last)
                     with torch.set_grad_enabled(grad):
                         weighted = self.micro_step(rollout, sub, exp, whole, backward if grad else None,
                                                    recorded=recorded and not grad)  # fmt: skip
@@ -173,21 +185,33 @@ class Update:
                     if self._mismatch[1]:
                         sums["rollout/logprob_abs_diff"] = self._mismatch[0] / self._mismatch[1]
                     self._mismatch = None
-                if not any(grad for _, grad in plan):
+                if last < 0 and not self.sync:
                     for group in params:  # an all-zero gradient still steps AdamW (its moments decay)
                         for p in group:
                             p.grad = torch.zeros_like(p) if p.grad is None else p.grad
                 done += 1
-                for group in params:
+                for group in params if not self.sync else ():  # sharded: reduce-scattered by the last backward
                     average_gradients(group)
-                norms = [torch.nn.utils.clip_grad_norm_(group, self.grad_clip) for group in params]
+                norms = [_full(torch.nn.utils.clip_grad_norm_(group, self.grad_clip)) for group in params]
                 self.nonfinite_skipped += drop_nonfinite_update(loss, norms, params, mode=self.nonfinite, step=step)
                 for i, (opt, norm) in enumerate(zip(optimizers, norms, strict=True)):
                     key = "train/grad_norm" if i == 0 else "train/critic_grad_norm"
                     sums[key] = sums.get(key, 0.0) + float(norm) / updates
-                    last = i == 0 and done == updates and counted_step is not None
-                    counted_step() if last else opt.step()
+                    final = i == 0 and done == updates and counted_step is not None
+                    counted_step() if final else opt.step()
+                if self.sync:
+                    self.sync.after_step()  # the next minibatch's forwards see the updated weights
         return sums | self.rollout_metrics
+
+    def zero_backward(self, rollout: RolloutBatch, backward: Callable) -> None:
+        """A backward pass of weight zero through every trained model (one row's forward): a sharded
+        rank whose rows carry no gradient still takes part in the step's reduce-scatter."""
+        mb = rollout.select([0])
+        total = self.forward(self.policy, mb, temperature=self.temperature)[0].sum() * 0.0
+        if self.critic is not None:
+            total = total + completion_values(self.critic, mb).sum() * 0.0
+        self.sync.before_backward(True)
+        backward(total)
 
     @staticmethod
     def whole_counts(mask: torch.Tensor) -> tuple[float, float]:
