@@ -38,8 +38,8 @@ from tbrm.models.policy import load_options, resolve_policy  # noqa: E402
 from tbrm.modes import eval_settings, evaluate, generate  # noqa: E402
 from tbrm.module import RLModule  # noqa: E402
 from tbrm.resume import Resume  # noqa: E402
-from tbrm.sharding import full_state_dict  # noqa: E402
 from tbrm.settings import check_config, data_parallel_world, renamed_overrides  # noqa: E402
+from tbrm.sharding import full_state_dict  # noqa: E402
 from tbrm.utils import build_loggers, finish_loggers, write_summary  # noqa: E402
 
 log = logging.getLogger("tbrm")
@@ -143,8 +143,11 @@ def train(cfg: DictConfig) -> float | None:
         seed=cfg.seed,
         policy_path=policy_path,
         skipped_rows=skipped,
-        data_parallel={"world_size": trainer.world_size, "policy_checksums": module.rank_checksums,
-                       "policy_params_per_rank": module.rank_params},  # fmt: skip
+        data_parallel={
+            "world_size": trainer.world_size,
+            "policy_checksums": module.rank_checksums,
+            "policy_params_per_rank": module.rank_params,
+        },  # fmt: skip
         **({"benchmarks": dict(benchmark_eval.history[-1:])} if benchmark_eval and benchmark_eval.history else {}),
     )
     log.info("summary: %s", json.dumps(summary))
