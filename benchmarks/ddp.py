@@ -1,7 +1,8 @@
 """DDP against one process through run.py: time per step and the final weights.
 
     python benchmarks/ddp.py                               # TBRM on the default task, 2 CPU ranks (gloo)
-    python benchmarks/ddp.py --algorithm grpo --steps 10 --trainer ddp   # on a GPU node (trainer=ddp)
+    python benchmarks/ddp.py --trainer fsdp_cpu                  # FSDP2 on 2 CPU ranks
+    python benchmarks/ddp.py --algorithm grpo --steps 10 --trainer ddp --single gpu   # on a GPU node
 
 Both runs train the same config and seed from the same warm start; the DDP run splits each step's
 prompts over the ranks. Prints the median ``perf/step_s`` and its phases over the steps after the
@@ -62,9 +63,9 @@ def main() -> None:
                   "trainer.val_check_interval=1000", "logger=[csv]", *args.overrides]  # fmt: skip
         run(tmp / "warm", "mode=sft", *common)  # the warm start, built once for both runs
         walls = {name: run(tmp / name, f"trainer={trainer}", *common)
-                 for name, trainer in (("one process", args.single), ("ddp", args.trainer))}  # fmt: skip
+                 for name, trainer in (("one process", args.single), (args.trainer, args.trainer))}  # fmt: skip
         stats = {name: medians(tmp / name) for name in walls}
-        diff = max_weight_diff(tmp / "one process", tmp / "ddp")
+        diff = max_weight_diff(tmp / "one process", tmp / args.trainer)
     print(f"python benchmarks/ddp.py --algorithm {args.algorithm} --steps {args.steps} --trainer {args.trainer}"
           + "".join(f" {o}" for o in args.overrides))  # fmt: skip
     print("\n| run | step s | rollout s | ref s | update s | peak GB per process | wall s |")
@@ -72,8 +73,9 @@ def main() -> None:
     for name, s in stats.items():
         cells = " | ".join(f"{s[k]:.3f}" for k in PHASES)
         print(f"| {name} | {cells} | {walls[name]:.0f} |")
-    speedup = stats["one process"]["perf/step_s"] / stats["ddp"]["perf/step_s"]
-    print(f"\nstep time, one process / ddp: {speedup:.2f}x; largest |weight difference| after training: {diff:.2e}")
+    speedup = stats["one process"]["perf/step_s"] / stats[args.trainer]["perf/step_s"]
+    print(f"\nstep time, one process / {args.trainer}: {speedup:.2f}x; largest |weight difference| after training: "
+          f"{diff:.2e}")  # fmt: skip
 
 
 if __name__ == "__main__":
