@@ -14,10 +14,11 @@ The module asks the objective what it needs (``needs_reference``, ``needs_critic
 ``temperature_scaled``) and never branches on its name. Validation samples greedy and tempered
 completions on held-out prompts with the same engine.
 
-Under data parallelism (``trainer=ddp``) every rank runs this step on its shard of the step's
-batch with its own engine; the update averages the gradients once per optimizer step
-(``tbrm.update``), and the logged metrics and the validation accuracy are over all ranks
-(``tbrm.distributed.reduce_metrics``; docs/metrics.md says which are means, sums and maxima).
+Under data parallelism (``trainer=ddp``, ``trainer=fsdp``) every rank runs this step on its shard
+of the step's batch with its own engine; the update averages the gradients once per optimizer step
+(``tbrm.update``; sharded models are gathered for the step, ``tbrm.sharding``), and the logged
+metrics and the validation accuracy are over all ranks (``tbrm.distributed.reduce_metrics``;
+docs/metrics.md says which are means, sums and maxima).
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ many as they ask for). Each step:
    the accumulated gradient is the whole minibatch's whatever the split;
 3. averages the gradients over the data-parallel ranks (one all-reduce per model:
    ``tbrm.distributed.average_gradients``; the ranks may run different numbers of micro-batches,
-   so DDP's per-backward hooks are off), clips the gradient norm of the policy and of the critic,
-   drops a non-finite update (``tbrm.guards``), and steps each optimizer.
+   so DDP's per-backward hooks are off; sharded models reduce-scatter in exactly one backward per
+   optimizer step on every rank, ``tbrm.sharding.GradientSync``), clips the gradient norm of the
+   policy and of the critic, drops a non-finite update (``tbrm.guards``), and steps each optimizer.
 
 Under data parallelism each micro-batch's share is of the whole data-parallel minibatch (its
 token and row counts summed over the ranks), so ``token-mean`` losses are exact over all ranks.
