@@ -106,7 +106,7 @@ def test_a_signal_in_a_step_that_validates_keeps_the_validations_checkpoint(tiny
     import torch
 
     saved = torch.load(ckpts / "last.ckpt", weights_only=True)
-    assert saved["global_step"] == 2 and saved["last_val_step"] == 2  # written after step 2's validation
+    assert saved["global_step"] == 2 and saved["ranks"][0]["last_val_step"] == 2  # written after step 2's validation
 
 
 def test_a_second_signal_stops_at_once():

@@ -23,6 +23,7 @@ class Recorder:
 
     def __init__(self, params):
         self.params, self.grads = list(params), []
+        self.param_groups = [{"params": self.params}]  # what the update clips and steps, as torch.optim's
 
     def zero_grad(self, set_to_none=True):
         for p in self.params:

@@ -146,8 +146,9 @@ class Update:
             backward: Callable | None = None, counted_step: Callable | None = None) -> dict[str, float]:  # fmt: skip
         """The optimizer steps of one rollout batch (after ``objective.prepare(exp)``); returns the
         metrics, each the mean over the steps of its minibatch value. ``optimizers``: the policy's,
-        then the critic's; ``backward(loss)``: default ``loss.backward()``; ``counted_step``: run in
-        place of the policy optimizer's last step (Lightning's, which counts RL steps)."""
+        then the critic's (their ``param_groups`` are what is synchronised, clipped and stepped);
+        ``backward(loss)``: default ``loss.backward()``; ``counted_step``: run in place of the
+        policy optimizer's last step (Lightning's, which counts RL steps)."""
         objective, size = self.objective, len(rollout)
         backward = backward or torch.Tensor.backward
         sums: dict[str, float] = {}
