@@ -57,9 +57,9 @@ def check_launch(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     world = data_parallel_world(OmegaConf.to_container(cfg.trainer, resolve=True))
     launcher = str(hc.launcher.get("_target_", "")).rsplit(".", 1)[-1]
-    if hc.mode == RunMode.MULTIRUN and (world or 2) > 1 and "Slurm" not in launcher:
+    if hc.mode == RunMode.MULTIRUN and world and world > 1 and "Slurm" not in launcher:
         raise ValueError(
-            f"trainer.devices x trainer.num_nodes = {world or 'auto'} in a multirun with {launcher}: "
+            f"trainer.devices x trainer.num_nodes = {world} in a multirun with {launcher}: "
             "a sweep's jobs run data-parallel as Slurm jobs (hydra/launcher=slurm, one task per device); "
             "here run each job with its own `python run.py ...`, or sweep single-device jobs (trainer.devices=1)."
         )

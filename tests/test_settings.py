@@ -122,9 +122,13 @@ def test_each_rank_needs_an_equal_part_of_the_batch():
 
     assert data_parallel_world({"devices": 4, "num_nodes": 2}) == 8
     assert data_parallel_world({"devices": [0, 1]}) == 2 and data_parallel_world({"devices": "auto"}) is None
-    check_data_parallel({"devices": 2}, {"batch_size": 16})
+    ours = {"use_distributed_sampler": False}  # as trainer=ddp and trainer=fsdp set it
+    check_data_parallel({"devices": 2, **ours}, {"batch_size": 16})
     with pytest.raises(ValueError, match=r"data.batch_size must be a multiple of the 3 data-parallel ranks"):
-        check_data_parallel({"devices": 3}, {"batch_size": 16})
+        check_data_parallel({"devices": 3, **ours}, {"batch_size": 16})
     with pytest.raises(ValueError, match=r"data.batch_size / data.group_size \(groups per step\) must be"):
-        check_data_parallel({"devices": 2, "num_nodes": 1}, {"batch_size": 12, "group_size": 4})  # 3 groups
-    check_data_parallel({"devices": 2}, {"batch_size": 16, "group_size": 4})  # 4 groups: 2 per rank
+        check_data_parallel({"devices": 2, "num_nodes": 1, **ours}, {"batch_size": 12, "group_size": 4})  # 3 groups
+    check_data_parallel({"devices": 2, **ours}, {"batch_size": 16, "group_size": 4})  # 4 groups: 2 per rank
+    with pytest.raises(ValueError, match=r"trainer.use_distributed_sampler must be false with 2 data-parallel ranks"):
+        check_data_parallel({"devices": 2, "strategy": "ddp"}, {"batch_size": 16})  # +trainer.strategy=ddp alone
+    check_data_parallel({"devices": 1}, {"batch_size": 15})

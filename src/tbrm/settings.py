@@ -212,6 +212,10 @@ def data_parallel_world(trainer: Mapping) -> int | None:
 def check_data_parallel(trainer: Mapping, data: Mapping) -> None:
     """Each rank takes an equal part of every step's prompts (or stored groups)."""
     world = data_parallel_world(trainer)
+    if world and world > 1 and trainer.get("use_distributed_sampler", True) is not False:
+        _fail("trainer.use_distributed_sampler", f"false with {world} data-parallel ranks", True,
+              "the DataModules shard each step's batch themselves: use trainer=ddp or trainer=fsdp (or their "
+              "_cpu twins), which set it")  # fmt: skip
     units = data.get("batch_size", 1) // max(data.get("group_size", 1), 1)
     if world and world > 1 and is_int(data.get("batch_size")) and units % world:
         what = "data.batch_size / data.group_size (groups per step)" if "group_size" in data else "data.batch_size"
