@@ -232,3 +232,36 @@ def test_a_signal_to_rank_zero_stops_both_ranks_at_one_step_and_resumes(tmp_path
     run_py(ROOT, tmp_path, *FRESH, *DDP, *long, f"ckpt_path={status['checkpoint']}")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 40 and json.loads((run / "status.json").read_text())["status"] == "completed"
+
+
+def test_generate_on_two_processes_writes_a_shard_per_rank_without_collisions(tmp_path):
+    """mode=generate started as 2 processes (as torchrun starts them: RANK, WORLD_SIZE): each takes
+    every second prompt and writes shards of its own rank into the same folder."""
+    out, common = tmp_path / "gen", ["mode=generate", "generate.limit=12", "generate.batch_size=4"]
+    run_py(ROOT, tmp_path, "mode=sft")  # the warm start, once
+    paths = [f"paths.log_dir={tmp_path}/logs", f"paths.cache_dir={tmp_path}/cache"]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "run.py",
+                *paths,
+                *TINY,
+                *common,
+                f"generate.dirpath={out}",
+                f"hydra.run.dir={tmp_path}/run{rank}",
+            ],
+            cwd=ROOT,
+            env=run_env(RANK=str(rank), WORLD_SIZE="2"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"rollouts-step{s:06d}-rank{r}.jsonl" for s in (0, 1) for r in (0, 1)]  # 6 prompts each, 4 a shard
+    prompts = {r: [json.loads(line)["prompt"] for s in (0, 1) for line in
+                   (out / f"rollouts-step{s:06d}-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}  # fmt: skip
+    assert len(prompts[0]) == len(prompts[1]) == 6 and not set(prompts[0]) & set(prompts[1])
+    assert not (tmp_path / "run1" / "status.json").exists() and (tmp_path / "run0" / "status.json").exists()

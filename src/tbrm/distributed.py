@@ -46,6 +46,14 @@ def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def launch_world() -> int:
+    """The processes the launcher started (torchrun's ``WORLD_SIZE``, Slurm's ``SLURM_NTASKS``); 1 alone."""
+    for key in ("WORLD_SIZE", "SLURM_NTASKS"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 1
+
+
 def all_sum(*values: torch.Tensor | float) -> list[torch.Tensor]:
     """Each value (a number or a tensor) summed over the ranks, in float64, in one all-reduce;
     returned on the first tensor's device."""

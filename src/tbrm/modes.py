@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tbrm.distributed import launch_rank, launch_world
 from tbrm.eval import evaluate_benchmarks, flatten, format_table, with_local_files
 from tbrm.io import write_json, write_text
 from tbrm.models.loading import load_model_and_tokenizer
@@ -73,7 +74,8 @@ def evaluate(cfg: DictConfig, policy_path: str, group: str | None = None) -> flo
 
 def generate(cfg: DictConfig, policy_path: str, task) -> None:
     """mode=generate: completions for a task split from the policy, written with their rewards as
-    trajectory records (``tbrm.data.trajectories.generate_trajectories``)."""
+    trajectory records (``tbrm.data.trajectories.generate_trajectories``). Started as N processes
+    (``torchrun``, Slurm tasks), each generates every N-th prompt into shards of its own rank."""
     from hydra.utils import instantiate
 
     from tbrm.data.trajectories import TrajectoryWriter, generate_trajectories
@@ -83,12 +85,13 @@ def generate(cfg: DictConfig, policy_path: str, task) -> None:
     split = settings.pop("split")
     if split not in splits or not splits[split]:
         raise ValueError(f"generate.split {split!r} is empty or unknown; use one of {sorted(splits)}.")
-    records = splits[split][: settings.pop("limit")]
+    rank, world = launch_rank(), launch_world()
+    records = splits[split][: settings.pop("limit")][rank::world]
     model, tokenizer = load_model_and_tokenizer(policy_path, **load_options(cfg.model, inference=True))
     device = resolve_device(settings.pop("device"))
     model.to(device)
     settings["engine"] = build_engine(cfg, settings.pop("engine"), model, tokenizer, device)
-    writer = TrajectoryWriter(settings.pop("dirpath"), settings.pop("format"))
+    writer = TrajectoryWriter(settings.pop("dirpath"), settings.pop("format"), rank=rank)
     written, accuracy = generate_trajectories(
         model, tokenizer, records, instantiate(cfg.reward), writer, policy=str(policy_path), **settings
     )

@@ -139,13 +139,15 @@ def check_stored(records: list[dict], objective, temperature: float, where: str)
 class TrajectoryWriter:
     """Writes shards of trajectory records into ``dirpath``, each atomically (temp file + rename)."""
 
-    def __init__(self, dirpath: str | Path, fmt: str = "jsonl") -> None:
+    def __init__(self, dirpath: str | Path, fmt: str = "jsonl", rank: int = 0) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"trajectory format must be one of {FORMATS} (got {fmt!r}).")
         self.dirpath = Path(dirpath)
         self.fmt = fmt
+        self.rank = rank  # the shards' rank when write() is not told one (mode=generate on N processes)
 
-    def write(self, records: list[dict], *, step: int, rank: int = 0) -> Path:
+    def write(self, records: list[dict], *, step: int, rank: int | None = None) -> Path:
+        rank = self.rank if rank is None else rank
         self.dirpath.mkdir(parents=True, exist_ok=True)
         final = self.dirpath / f"rollouts-step{step:06d}-rank{rank}.{self.fmt}"
         tmp = final.with_name(f".{final.name}.tmp")
