@@ -33,13 +33,11 @@ os.environ.setdefault("WANDB_MODE", "offline")  # no W&B server unless the user 
 
 from tbrm.eval import BenchmarkEvaluation  # noqa: E402
 from tbrm.interrupt import GUARD, StopOnSignal, remember_failure, run_main  # noqa: E402
-from tbrm.io import atomic_dir  # noqa: E402
 from tbrm.models.policy import load_options, resolve_policy  # noqa: E402
 from tbrm.modes import eval_settings, evaluate, generate  # noqa: E402
 from tbrm.module import RLModule  # noqa: E402
 from tbrm.resume import Resume  # noqa: E402
-from tbrm.settings import check_config, data_parallel_world, renamed_overrides  # noqa: E402
-from tbrm.sharding import full_state_dict  # noqa: E402
+from tbrm.settings import check_config, check_launch, renamed_overrides  # noqa: E402
 from tbrm.utils import build_loggers, finish_loggers, write_summary  # noqa: E402
 
 log = logging.getLogger("tbrm")
@@ -51,26 +49,14 @@ def sweep_group() -> str | None:
     return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
 
 
-def check_launch(cfg: DictConfig) -> None:
-    """A sweep's jobs run data-parallel only as Slurm jobs: Lightning starts a job's other ranks by
-    running this script again, which cannot re-run one job of a sweep in this process."""
-    hc = HydraConfig.get()
-    world = data_parallel_world(OmegaConf.to_container(cfg.trainer, resolve=True))
-    launcher = str(hc.launcher.get("_target_", "")).rsplit(".", 1)[-1]
-    if hc.mode == RunMode.MULTIRUN and world and world > 1 and "Slurm" not in launcher:
-        raise ValueError(
-            f"trainer.devices x trainer.num_nodes = {world} in a multirun with {launcher}: "
-            "a sweep's jobs run data-parallel as Slurm jobs (hydra/launcher=slurm, one task per device); "
-            "here run each job with its own `python run.py ...`, or sweep single-device jobs (trainer.devices=1)."
-        )
-
-
 def train(cfg: DictConfig) -> float | None:
     GUARD.check()  # an earlier job of this multirun was interrupted: do not start another
     GUARD.install()
     start = time.time()
-    check_config(OmegaConf.to_container(cfg, resolve=True))  # bad values fail here, before any work
-    check_launch(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    check_config(config)  # bad values fail here, before any work
+    hc = HydraConfig.get()  # a sweep's jobs run data-parallel only as Slurm jobs
+    check_launch(config["trainer"], hc.mode == RunMode.MULTIRUN, str(hc.launcher.get("_target_", "")))
     out = Path(cfg.paths.output_dir)
     resume = Resume.prepare(cfg.ckpt_path, out) if cfg.mode == "train" else None  # a bad ckpt_path fails here
     L.seed_everything(cfg.seed, workers=True)
@@ -102,7 +88,6 @@ def train(cfg: DictConfig) -> float | None:
         **cfg.guard,
     )
     module.started = start
-    config = OmegaConf.to_container(cfg, resolve=True)
     tags, ckpt = [*cfg.tags, objective.name], resume.checkpoint
     loggers = build_loggers(cfg.logger, tags=tags, group=sweep_group(), config=config, **resume.logger_options())
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()] + [StopOnSignal(out / "checkpoints")]
@@ -126,13 +111,9 @@ def train(cfg: DictConfig) -> float | None:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     log.info("after training: %s", final)
-    weights = full_state_dict(module.policy)  # sharded (trainer=fsdp): gathered to rank zero, with every rank
+    module.save_policy(out / "policy")  # loadable as model.name_or_path=<out>/policy
     if not trainer.is_global_zero:  # the other data-parallel ranks hold the same policy: rank zero writes
         return final.get(cfg.optimized_metric)
-
-    with atomic_dir(out / "policy") as policy:  # loadable as model.name_or_path=<out>/policy
-        module.policy.save_pretrained(policy, state_dict=weights)
-        module.tokenizer.save_pretrained(policy)
     summary = write_summary(
         out / "summary.json",
         initial=module.initial_metrics,
@@ -143,11 +124,7 @@ def train(cfg: DictConfig) -> float | None:
         seed=cfg.seed,
         policy_path=policy_path,
         skipped_rows=skipped,
-        data_parallel={
-            "world_size": trainer.world_size,
-            "policy_checksums": module.rank_checksums,
-            "policy_params_per_rank": module.rank_params,
-        },  # fmt: skip
+        data_parallel=module.data_parallel,
         **({"benchmarks": dict(benchmark_eval.history[-1:])} if benchmark_eval and benchmark_eval.history else {}),
     )
     log.info("summary: %s", json.dumps(summary))

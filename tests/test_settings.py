@@ -132,3 +132,17 @@ def test_each_rank_needs_an_equal_part_of_the_batch():
     with pytest.raises(ValueError, match=r"trainer.use_distributed_sampler must be false with 2 data-parallel ranks"):
         check_data_parallel({"devices": 2, "strategy": "ddp"}, {"batch_size": 16})  # +trainer.strategy=ddp alone
     check_data_parallel({"devices": 1}, {"batch_size": 15})
+
+
+def test_a_sweep_of_data_parallel_jobs_runs_only_as_slurm_jobs():
+    from tbrm.settings import check_launch
+
+    ddp = {"devices": 2, "num_nodes": 1}
+    basic = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    with pytest.raises(ValueError, match="= 2 in a multirun with BasicLauncher: a sweep's jobs run data-parallel"):
+        check_launch(ddp, True, basic)
+    with pytest.raises(ValueError, match="with LocalLauncher"):
+        check_launch(ddp, True, "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher")
+    check_launch(ddp, True, "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher")
+    check_launch(ddp, False, basic)  # one run: Lightning starts its ranks
+    check_launch({"devices": 1}, True, basic)

@@ -32,6 +32,7 @@ import lightning as L
 import torch
 
 from tbrm.distributed import all_sum, gather_objects, reduce_metrics, weights_checksum
+from tbrm.io import atomic_dir
 from tbrm.models.critic import ValueModel
 from tbrm.models.forward import completion_logprobs
 from tbrm.models.loading import load_model_and_tokenizer
@@ -41,7 +42,7 @@ from tbrm.rewards.scoring import score_counted
 from tbrm.rollout.batch import RolloutBatch
 from tbrm.rollout.engine import make_engine
 from tbrm.rollout.source import StepSource
-from tbrm.sharding import GradientSync, gather, gathered, is_sharded, release, shard
+from tbrm.sharding import GradientSync, full_state_dict, gather, gathered, is_sharded, release, shard
 from tbrm.update import Update
 from tbrm.utils import peak_mem_gb
 
@@ -124,8 +125,7 @@ class RLModule(L.LightningModule):
         self.completions_seen, self.tokens_seen, self.train_time_s = 0, 0, 0.0
         self.last_val_step = -1
         self.initial_metrics: dict = {}  # validation before training (run.py), kept across a resume
-        self.rank_checksums: list[float] = []  # each rank's policy checksum after training (on_train_end)
-        self.rank_params: list[int] = []  # the policy's parameters each rank holds after training
+        self.data_parallel: dict = {}  # world size, each rank's policy checksum and parameters (on_train_end)
         self.wall_time_before = 0.0  # wall time of the run before the checkpoint it resumed from
         self.started = time.time()
 
@@ -156,12 +156,26 @@ class RLModule(L.LightningModule):
     def on_train_end(self) -> None:
         """Every rank must end with the same policy (one all-reduced update per step from the same
         start); a difference means the gradients were not synchronised, and the run fails."""
-        self.rank_checksums = gather_objects(weights_checksum(self.policy))
-        local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in self.policy.parameters())
-        self.rank_params = gather_objects(local)  # each rank's share of the policy (all of it unless sharded)
-        if len(set(self.rank_checksums)) > 1:
+        held = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in self.policy.parameters())
+        checksums, params = zip(*gather_objects((weights_checksum(self.policy), held)), strict=True)
+        self.data_parallel = {
+            "world_size": self.trainer.world_size,
+            "policy_checksums": list(checksums),
+            "policy_params_per_rank": list(params),
+        }  # each rank's parameters: all of the policy's unless it is sharded
+        if len(set(checksums)) > 1:
             raise RuntimeError(f"the data-parallel ranks' policies differ after training (weight checksums "
-                               f"{self.rank_checksums}): their gradients were not averaged.")  # fmt: skip
+                               f"{list(checksums)}): their gradients were not averaged.")  # fmt: skip
+
+    def save_policy(self, path) -> None:
+        """The policy and tokenizer with ``save_pretrained``, atomically; called on every rank (a
+        sharded policy is gathered to rank zero), rank zero writes."""
+        weights = full_state_dict(self.policy)  # None unless sharded: save_pretrained reads the model's own
+        if not self.trainer.is_global_zero:
+            return
+        with atomic_dir(path) as out:
+            self.policy.save_pretrained(out, state_dict=weights)
+            self.tokenizer.save_pretrained(out)
 
     def score(self, rollout: RolloutBatch) -> torch.Tensor:
         """Rewards of a rollout batch as a (batch,) float tensor, checked (``invalid_reward``)."""
@@ -245,7 +259,7 @@ class RLModule(L.LightningModule):
     # ---------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         self._val_counts = [0.0, 0.0, 0.0, 0.0]  # greedy correct, sampled correct, greedy tokens, prompts
-        gather(*[m for m in (self.policy,) if is_sharded(m)])  # sharded: whole for the validation
+        gather(self.policy)  # sharded: whole for the validation (nothing to do unsharded)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         cfg, size = self.rollout_cfg, len(batch["prompt"])
@@ -258,7 +272,7 @@ class RLModule(L.LightningModule):
         self._val_counts = [total + float(c) for total, c in zip(self._val_counts, counts, strict=True)]
 
     def on_validation_epoch_end(self) -> None:
-        release(*[m for m in (self.policy,) if is_sharded(m)])
+        release(self.policy)
         greedy, sampled, tokens, prompts = (float(c) for c in all_sum(*self._val_counts))  # every rank's prompts
         if prompts:
             metrics = {"val/accuracy": greedy / prompts, "val/accuracy_sampled": sampled / prompts,

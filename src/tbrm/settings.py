@@ -223,6 +223,18 @@ def check_data_parallel(trainer: Mapping, data: Mapping) -> None:
               "each rank samples an equal part of every step")  # fmt: skip
 
 
+def check_launch(trainer: Mapping, multirun: bool, launcher: str) -> None:
+    """A sweep's jobs run data-parallel only as Slurm jobs: Lightning starts a job's other ranks by
+    running the script again, which cannot re-run one job of a sweep in the sweep's process."""
+    world, launcher = data_parallel_world(trainer), launcher.rsplit(".", 1)[-1]
+    if multirun and world and world > 1 and "Slurm" not in launcher:
+        raise ValueError(
+            f"trainer.devices x trainer.num_nodes = {world} in a multirun with {launcher}: "
+            "a sweep's jobs run data-parallel as Slurm jobs (hydra/launcher=slurm, one task per device); "
+            "here run each job with its own `python run.py ...`, or sweep single-device jobs (trainer.devices=1)."
+        )
+
+
 def check_guard(guard: Mapping) -> None:
     check_keys(guard, tuple(GUARD_CHOICES), "guard")
     for key, choices in GUARD_CHOICES.items():

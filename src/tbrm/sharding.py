@@ -56,7 +56,8 @@ def fsdp_modules(*models) -> list:
 
 
 def gather(*models) -> None:
-    """All-gather every shard of ``models`` and keep the weights whole across forwards and backwards."""
+    """All-gather every shard of ``models`` and keep the weights whole across forwards and backwards
+    (nothing for models that are not sharded)."""
     for module in fsdp_modules(*models):
         module.set_reshard_after_forward(False, recurse=False)
         module.set_reshard_after_backward(False, recurse=False)
@@ -74,7 +75,6 @@ def release(*models) -> None:
 @contextmanager
 def gathered(*models):
     """The sharded ones of ``models`` whole for the block (nothing for unsharded models)."""
-    models = [m for m in models if is_sharded(m)]
     gather(*models)
     try:
         yield
